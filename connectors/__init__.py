@@ -1,0 +1,1 @@
+"""Sources and sinks: file replay (polars), files, Kafka (kafka-python)."""
