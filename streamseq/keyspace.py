@@ -1,0 +1,112 @@
+"""Series key → arena slot.
+
+Per-key state lives in arrays indexed by slot, so gathering the state of every
+key in a step is one fancy-indexing op. Slots of forgotten keys are reused.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class KeyIndex:
+    """
+    >>> ki = KeyIndex()
+    >>> ki.slots(np.array(["b", "a", "b"], dtype=object)).tolist()
+    [0, 1, 0]
+    >>> ki.capacity >= 2, ki.key_of(1)
+    (True, 'a')
+    """
+
+    def __init__(self, capacity: int = 1024):
+        self._slot: dict[str, int] = {}
+        self._keys: list[str | None] = []
+        self._free: list[int] = []
+        self.capacity = capacity
+        self._listeners: list = []
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._slot
+
+    def on_grow(self, fn) -> None:
+        """fn(new_capacity) is called before a slot beyond the capacity is handed out."""
+        self._listeners.append(fn)
+        fn(self.capacity)
+
+    def slots(self, keys: np.ndarray) -> np.ndarray:
+        """Slots of keys, creating new ones; one dict lookup per distinct key."""
+        if len(keys) == 0:
+            return np.empty(0, dtype=np.int64)
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        out = np.empty(len(uniq), dtype=np.int64)
+        for i, k in enumerate(uniq.tolist()):
+            s = self._slot.get(k)
+            if s is None:
+                s = self._new_slot(k)
+            out[i] = s
+        return out[inverse]
+
+    def slot(self, key: str) -> int:
+        s = self._slot.get(key)
+        return self._new_slot(key) if s is None else s
+
+    def get(self, key: str) -> int | None:
+        return self._slot.get(key)
+
+    def key_of(self, slot: int) -> str:
+        k = self._keys[slot]
+        assert k is not None
+        return k
+
+    def keys_of(self, slots: np.ndarray) -> np.ndarray:
+        return np.array([self._keys[s] for s in slots.tolist()], dtype=object)
+
+    def items(self):
+        return self._slot.items()
+
+    def forget(self, keys) -> list[int]:
+        """Drop keys (e.g. their partition was revoked); returns the freed slots."""
+        freed = []
+        for k in keys:
+            s = self._slot.pop(k, None)
+            if s is not None:
+                self._keys[s] = None
+                self._free.append(s)
+                freed.append(s)
+        return freed
+
+    def _new_slot(self, key: str) -> int:
+        if self._free:
+            s = self._free.pop()
+            self._keys[s] = key
+        else:
+            s = len(self._keys)
+            self._keys.append(key)
+            if s >= self.capacity:
+                new_cap = max(self.capacity * 2, s + 1)
+                for fn in self._listeners:
+                    fn(new_cap)
+                self.capacity = new_cap
+        self._slot[key] = s
+        return s
+
+
+def grow(arr, capacity: int, fill=0):
+    """Return arr (numpy or torch) grown along axis 0 to capacity rows, new rows = fill."""
+    n = arr.shape[0]
+    if n >= capacity:
+        return arr
+    try:
+        import torch
+
+        if isinstance(arr, torch.Tensor):
+            out = torch.full((capacity, *arr.shape[1:]), fill, dtype=arr.dtype)
+            out[:n] = arr
+            return out
+    except ImportError:  # pragma: no cover
+        pass
+    out = np.full((capacity, *arr.shape[1:]), fill, dtype=arr.dtype)
+    out[:n] = arr
+    return out

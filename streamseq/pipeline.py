@@ -1,0 +1,299 @@
+"""The pipeline object: the same one runs a replay backtest and the Kafka worker.
+
+    observations ─► idempotent filter ─► windowing (per key, event time)
+                 └─ too late ─► dead letters
+    closed windows, grouped by window end ─► every model: score past forecasts,
+    advance state, forecast (one call per model for all keys of the group)
+    ─► forecasts (+ intervals, + ensemble) ─► sink; windows ─► sink / store
+
+Only the source and the sinks differ between replay and live.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .calibration import ConformalCalibrator
+from .clock import SystemClock
+from .io import DeadLetterSink, ForecastSink, SourcePartition
+from .keyspace import KeyIndex, grow
+from .models.base import BatchForecaster
+from .records import DeadLetter, ForecastBatch, ObservationBatch, WindowBatch
+from .timeutil import iso
+from .windowing import NO_WID, ClosedWindows, WindowSpec, Windower
+
+ENSEMBLE = "ensemble"
+
+
+@dataclass
+class PipelineStats:
+    records_in: int = 0
+    records_skipped: int = 0  # already reflected in restored state (idempotent apply)
+    windows_closed: int = 0
+    windows_filled: int = 0
+    forecasts_out: int = 0
+    dead_letters: int = 0
+    late_records: int = 0
+    dead_by_reason: dict = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        spec: WindowSpec,
+        n_fields: int,
+        models: list[BatchForecaster],
+        horizon: int,
+        *,
+        interval_level: float = 0.9,
+        ensemble: bool = False,
+        clock=None,
+        capacity: int = 1024,
+    ):
+        self.spec = spec
+        self.n_fields = n_fields
+        self.horizon = horizon
+        self.models = {m.name: m for m in models}
+        self.calibrators = {m.name: ConformalCalibrator(horizon, interval_level) for m in models}
+        self.ensemble = ensemble and len(models) > 1
+        if self.ensemble:
+            self.calibrators[ENSEMBLE] = ConformalCalibrator(horizon, interval_level)
+        self.clock = clock or SystemClock()
+        self.keys = KeyIndex(capacity)
+        self.windower = Windower(spec, n_fields, capacity)
+        self._last_offset = np.zeros(0, np.int64)
+        self._dirty = np.zeros(0, bool)
+        self.keys.on_grow(self._grow)
+        self.stats = PipelineStats()
+        self.forecast_sinks: list[ForecastSink] = []
+        self.window_sinks: list = []  # objects with write_windows(WindowBatch)
+        self.dead_letter_sinks: list[DeadLetterSink] = []
+        self.on_step = None  # callable(wid) after each window-end group, e.g. a retraining schedule
+
+    def _grow(self, cap: int) -> None:
+        self.windower.ensure_capacity(cap)
+        for m in self.models.values():
+            m.ensure_capacity(cap)
+        for c in self.calibrators.values():
+            c.ensure_capacity(cap)
+        self._last_offset = grow(self._last_offset, cap, -1)
+        self._dirty = grow(self._dirty, cap, False)
+
+    # -- wiring ---------------------------------------------------------------
+    def add_sink(self, sink: ForecastSink) -> None:
+        self.forecast_sinks.append(sink)
+
+    def add_window_sink(self, sink) -> None:
+        self.window_sinks.append(sink)
+
+    def add_dead_letter_sink(self, sink: DeadLetterSink) -> None:
+        self.dead_letter_sinks.append(sink)
+
+    def swap_model(self, model: BatchForecaster) -> None:
+        """Replace a model between batches (hot swap); per-key state arenas are kept by the caller's model."""
+        model.ensure_capacity(self.keys.capacity)
+        self.models[model.name] = model
+        if model.name not in self.calibrators:
+            self.calibrators[model.name] = ConformalCalibrator(self.horizon, self.calibrators[next(iter(self.calibrators))].level)
+            self.calibrators[model.name].ensure_capacity(self.keys.capacity)
+
+    # -- processing -------------------------------------------------------------
+    def process(self, batch: ObservationBatch, part: SourcePartition | None = None,
+                letters: list[DeadLetter] | None = None) -> int:
+        """Window a batch and advance every key whose window closed. Returns windows closed."""
+        if letters:
+            self._dead(letters)
+        n = len(batch)
+        if n == 0:
+            return 0
+        partitioned = bool(getattr(part, "partitioned_time", False))
+        self.stats.records_in += n
+        slots = self.keys.slots(batch.keys)
+        if partitioned:
+            # Idempotent apply: records already reflected in a restored state are skipped.
+            fresh = batch.offset > self._last_offset[slots]
+            if not fresh.all():
+                self.stats.records_skipped += int((~fresh).sum())
+                batch, slots = batch.take(np.flatnonzero(fresh)), slots[fresh]
+                if len(batch) == 0:
+                    return 0
+            np.maximum.at(self._last_offset, slots, batch.offset)
+        self._dirty[slots] = True
+        closed, late, wm = self.windower.process(slots, batch.ts, batch.values, batch.partition, partitioned)
+        if late.any():
+            self._late(batch, late, wm, part)
+        return self._advance(closed)
+
+    def finish(self) -> int:
+        """End of a finite stream: close every open window and advance."""
+        return self._advance(self.windower.flush())
+
+    def _late(self, batch, late, wm, part) -> None:
+        idx = np.flatnonzero(late)
+        self.stats.late_records += len(idx)
+        I = self.spec.interval
+        letters = []
+        for i in idx.tolist():
+            end = (int(batch.ts[i]) // I + 1) * I
+            p = int(batch.partition[i])
+            letters.append(DeadLetter(
+                reason=f"too late: window ending {iso(end)} already closed (watermark {iso(int(wm[i]))})",
+                source=part.describe(p) if part is not None and hasattr(part, "describe") else str(p),
+                partition=p,
+                offset=int(batch.offset[i]),
+                payload=json.dumps({"key": batch.keys[i], "ts": iso(int(batch.ts[i])),
+                                    "values": batch.values[i].tolist()}),
+                key=str(batch.keys[i]),
+            ))
+        self._dead(letters)
+
+    def _dead(self, letters: list[DeadLetter]) -> None:
+        self.stats.dead_letters += len(letters)
+        for dl in letters:
+            kind = dl.reason.split(":")[0].split(" '")[0]
+            self.stats.dead_by_reason[kind] = self.stats.dead_by_reason.get(kind, 0) + 1
+        for s in self.dead_letter_sinks:
+            s.write(letters)
+
+    def _advance(self, closed: ClosedWindows) -> int:
+        if len(closed) == 0:
+            return 0
+        self.stats.windows_closed += int((~closed.filled).sum())
+        self.stats.windows_filled += int(closed.filled.sum())
+        self._dirty[closed.slot] = True
+        bounds = np.flatnonzero(np.r_[True, closed.wid[1:] != closed.wid[:-1], True])
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            self._step(int(closed.wid[a]), closed.slot[a:b], closed.features[a:b],
+                       closed.filled[a:b], closed.count[a:b])
+        return len(closed)
+
+    def _step(self, wid: int, slots, x, filled, count) -> None:
+        """All keys whose window ``wid`` closed: one call per model."""
+        keys = self.keys.keys_of(slots)
+        order = np.argsort(keys, kind="stable")  # deterministic whatever the arrival order
+        slots, x, filled, count, keys = slots[order], x[order], filled[order], count[order], keys[order]
+        I = self.spec.interval
+        end = (wid + 1) * I
+        if self.window_sinks or any(type(s).write_windows is not ForecastSink.write_windows for s in self.forecast_sinks):
+            wb = WindowBatch(keys, np.full(len(slots), end, np.int64), count, filled, x,
+                             list(self.spec.feature_names))
+            for s in self.forecast_sinks:
+                s.write_windows(wb)
+            for s in self.window_sinks:
+                s.write_windows(wb)
+        real = ~filled
+        r_slots, r_keys = slots[real], keys[real]
+        y = x[real, 0]
+        produced = self.clock.now_ns()
+        means = {}
+        for name, model in self.models.items():
+            cal = self.calibrators[name]
+            if len(r_slots):
+                cal.observe(r_slots, wid, y)
+            model.update(slots, x, filled)
+            if len(r_slots) == 0:
+                continue
+            mean = model.forecast(r_slots)
+            means[name] = mean
+            self._emit(name, model.version, cal, r_slots, r_keys, wid, end, mean, produced)
+        if self.ensemble and len(r_slots):
+            cal = self.calibrators[ENSEMBLE]
+            cal.observe(r_slots, wid, y)
+            mean = self._ensemble(r_slots, means)
+            version = "+".join(f"{n}@{m.version}" for n, m in self.models.items())
+            self._emit(ENSEMBLE, version, cal, r_slots, r_keys, wid, end, mean, produced)
+        if self.on_step is not None:
+            self.on_step(wid)
+
+    def _emit(self, name, version, cal, slots, keys, wid, end, mean, produced) -> None:
+        lo, hi = cal.interval(slots, mean)
+        cal.record(slots, wid, mean)
+        fb = ForecastBatch(name, version, end, self.spec.interval, keys, mean, lo, hi, produced)
+        self.stats.forecasts_out += len(fb)
+        for s in self.forecast_sinks:
+            s.write(fb)
+
+    def _ensemble(self, slots, means: dict) -> np.ndarray:
+        """Weights per key: inverse squared recent error of each model (equal until errors are known)."""
+        names = list(means)
+        M = np.stack([means[n] for n in names])  # (m, n, H)
+        err = np.stack([self.calibrators[n].recent_error(slots) for n in names])  # (m, n)
+        ok = np.isfinite(M).all(axis=2)
+        w = np.where(np.isfinite(err), 1.0 / np.maximum(err, 1e-12) ** 2, np.nan)
+        w = np.where(np.isnan(w), np.nanmax(np.where(np.isnan(w), -np.inf, w), axis=0, keepdims=True), w)
+        w = np.where(np.isfinite(w) & ok, w, 0.0)
+        w = np.where(w.sum(axis=0, keepdims=True) > 0, w, ok.astype(np.float64))
+        w = w / np.maximum(w.sum(axis=0, keepdims=True), 1e-300)
+        return np.einsum("mn,mnh->nh", w, np.nan_to_num(M))
+
+    # -- running a finite source ---------------------------------------------
+    def run(self, part: SourcePartition, progress=None, max_batches: int | None = None) -> None:
+        batches = 0
+        while not part.exhausted:
+            batch, letters = part.next_batch()
+            self.process(batch, part, letters)
+            batches += 1
+            if progress is not None:
+                progress.update(self.stats.records_in + self.stats.dead_letters, self.stats.windows_closed)
+            if max_batches is not None and batches >= max_batches:
+                return
+        self.finish()
+        for s in self.forecast_sinks:
+            s.flush()
+        for s in self.dead_letter_sinks:
+            s.flush()
+
+    # -- per-key state ---------------------------------------------------------
+    def dirty_keys(self, clear: bool = True) -> list[str]:
+        slots = np.flatnonzero(self._dirty)
+        if clear:
+            self._dirty[:] = False
+        return self.keys.keys_of(slots).tolist()
+
+    def snapshot_keys(self, keys: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        """Every component's state of these keys, as {component/field: array with one row per key}."""
+        slots = np.array([self.keys.get(k) for k in keys], np.int64)
+        out: dict[str, np.ndarray] = {"pipeline/last_offset": self._last_offset[slots].copy()}
+        for name, arr in self.windower.snapshot(slots).items():
+            out[f"windower/{name}"] = arr
+        for name, m in self.models.items():
+            for f, arr in m.snapshot(slots).items():
+                out[f"model.{name}/{f}"] = arr
+        for name, c in self.calibrators.items():
+            for f, arr in c.snapshot(slots).items():
+                out[f"calib.{name}/{f}"] = arr
+        return out
+
+    def restore_keys(self, keys: list[str], state: dict[str, np.ndarray], partitioned_time: bool = True) -> None:
+        slots = self.keys.slots(np.array(keys, dtype=object))
+        self._last_offset[slots] = state["pipeline/last_offset"]
+        self.windower.restore(slots, _component(state, "windower/"), partitioned_time)
+        for name, m in self.models.items():
+            part = _component(state, f"model.{name}/")
+            m.restore(slots, part) if part else m.reset(slots)
+        for name, c in self.calibrators.items():
+            part = _component(state, f"calib.{name}/")
+            c.restore(slots, part) if part else c.reset(slots)
+
+    def forget_keys(self, keys: list[str]) -> None:
+        """Drop keys whose partition moved to another worker."""
+        slots = np.array([s for s in (self.keys.get(k) for k in keys) if s is not None], np.int64)
+        if len(slots) == 0:
+            return
+        self.windower.drop(slots)
+        for m in self.models.values():
+            m.reset(slots)
+        for c in self.calibrators.values():
+            c.reset(slots)
+        self._last_offset[slots] = -1
+        self._dirty[slots] = False
+        self.keys.forget(keys)
+
+
+def _component(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+__all__ = ["Pipeline", "PipelineStats", "ENSEMBLE", "NO_WID"]
