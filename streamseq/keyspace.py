@@ -12,9 +12,9 @@ class KeyIndex:
     """
     >>> ki = KeyIndex()
     >>> ki.slots(np.array(["b", "a", "b"], dtype=object)).tolist()
-    [0, 1, 0]
+    [1, 0, 1]
     >>> ki.capacity >= 2, ki.key_of(1)
-    (True, 'a')
+    (True, 'b')
     """
 
     def __init__(self, capacity: int = 1024):
