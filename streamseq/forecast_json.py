@@ -1,0 +1,242 @@
+"""The published forecast message, ``streamseq.forecast/v1`` (pure: no Kafka here).
+
+One JSON object per (key, model, origin), documented by the JSON Schema at
+``SCHEMA_PATH``; any Kafka client in any language can read it::
+
+    {"schema": "streamseq.forecast/v1", "id": "s1|2024-01-01T01:00:00Z|gru|3",
+     "key": "s1", "origin": "2024-01-01T01:00:00Z", "interval": "1h",
+     "model": "gru", "model_version": "3", "horizon": 2,
+     "steps": [{"step": 1, "target_ts": "2024-01-01T02:00:00Z", "mean": 1.5, "lo": null, "hi": null}, ...],
+     "produced_at": "2024-01-01T01:00:05Z"}
+
+Encoding is deterministic (same batch, same bytes), so copies of one forecast
+are byte-identical and share their ``id``.
+
+>>> import numpy as np
+>>> from streamseq.records import ForecastBatch
+>>> b = ForecastBatch("naive", "1", 3600 * 10**9, 3600 * 10**9, np.array(["s1"], dtype=object),
+...                   np.array([[1.0, 2.0]]), np.array([[0.5, 1.0]]), np.array([[1.5, 3.0]]))
+>>> [(k, f.id, f.steps[1].target_ts // 10**9) for k, v in encode_forecasts(b) for f in [decode_forecast(v)]]
+[(b's1', 's1|1970-01-01T01:00:00Z|naive|1', 10800)]
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import orjson
+import polars as pl
+
+from .errors import StreamseqError
+from .records import FORECAST_SCHEMA, NS_PER_S, ForecastBatch
+from .timeutil import format_duration, iso, parse_duration
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "forecast.v1.json"
+
+
+class ForecastDecodeError(StreamseqError, ValueError):
+    """A message on the forecast topic is not a valid streamseq.forecast/v1 object."""
+
+
+class ForecastStep(NamedTuple):
+    step: int  # 1-based
+    target_ts: int  # ns
+    mean: float | None
+    lo: float | None
+    hi: float | None
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """One decoded forecast message; times in int ns since the epoch (UTC)."""
+
+    id: str
+    key: str
+    origin: int
+    interval_ns: int
+    model: str
+    model_version: str
+    steps: tuple[ForecastStep, ...]
+    produced_at: int
+
+    @property
+    def horizon(self) -> int:
+        return len(self.steps)
+
+
+def load_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of a forecast message."""
+    return orjson.loads(SCHEMA_PATH.read_bytes())
+
+
+def forecast_id(key: str, origin_iso: str, model: str, model_version: str) -> str:
+    return f"{key}|{origin_iso}|{model}|{model_version}"
+
+
+def _nullable(a: np.ndarray | None, shape: tuple[int, int]) -> list[list[float | None]]:
+    """Rows of floats with every non-finite value (NaN: no interval yet) as None."""
+    if a is None:
+        return [[None] * shape[1] for _ in range(shape[0])]
+    a = np.asarray(a, dtype=np.float64)
+    if np.isfinite(a).all():
+        return a.tolist()
+    out = a.astype(object)
+    out[~np.isfinite(a)] = None
+    return out.tolist()
+
+
+def encode_forecasts(batch: ForecastBatch) -> list[tuple[bytes, bytes]]:
+    """(message key, JSON value) per row of the batch; message key = series key, UTF-8."""
+    n, horizon = batch.mean.shape
+    if n == 0:
+        return []
+    origin = iso(batch.origin)
+    interval = format_duration(batch.interval)
+    produced_at = iso(batch.produced_at)
+    model, version = str(batch.model), str(batch.model_version)
+    targets = [iso(batch.origin + (j + 1) * batch.interval) for j in range(horizon)]
+    step_numbers = range(1, horizon + 1)
+    mean = _nullable(batch.mean, (n, horizon))
+    lo = _nullable(batch.lo, (n, horizon))
+    hi = _nullable(batch.hi, (n, horizon))
+    out = []
+    for i in range(n):
+        key = str(batch.keys[i])
+        steps = [
+            {"step": s, "target_ts": t, "mean": m, "lo": l, "hi": h}
+            for s, t, m, l, h in zip(step_numbers, targets, mean[i], lo[i], hi[i])
+        ]
+        message = {
+            "schema": FORECAST_SCHEMA,
+            "id": forecast_id(key, origin, model, version),
+            "key": key,
+            "origin": origin,
+            "interval": interval,
+            "model": model,
+            "model_version": version,
+            "horizon": horizon,
+            "steps": steps,
+            "produced_at": produced_at,
+        }
+        out.append((key.encode("utf-8"), orjson.dumps(message)))
+    return out
+
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})"
+)
+
+
+def parse_rfc3339_ns(text: str) -> int:
+    """RFC 3339 date-time -> int ns since the epoch, keeping all 9 fractional digits.
+
+    >>> parse_rfc3339_ns("1970-01-01T00:00:01.000000002Z")
+    1000000002
+    >>> parse_rfc3339_ns("1970-01-01T02:00:00+02:00")
+    0
+    """
+    m = _RFC3339.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        raise ForecastDecodeError(f"not an RFC 3339 date-time: {text!r}")
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    try:
+        seconds = int(datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc).timestamp())
+    except ValueError as e:
+        raise ForecastDecodeError(f"not an RFC 3339 date-time: {text!r} ({e})") from None
+    frac = int((m.group(7) or "").ljust(9, "0"))
+    tz = m.group(8)
+    offset_s = 0
+    if tz not in ("Z", "z"):
+        sign = 1 if tz[0] == "+" else -1
+        offset_s = sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
+    return (seconds - offset_s) * NS_PER_S + frac
+
+
+def _number_or_none(x, where: str) -> float | None:
+    if x is None:
+        return None
+    if type(x) not in (int, float):
+        raise ForecastDecodeError(f"{where}: expected a number or null, got {x!r}")
+    return float(x)
+
+
+def decode_forecast(value: bytes) -> Forecast:
+    """Parse one message value; raises ForecastDecodeError if it is not a v1 forecast."""
+    try:
+        d = orjson.loads(value)
+    except orjson.JSONDecodeError as e:
+        raise ForecastDecodeError(f"not JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise ForecastDecodeError(f"expected a JSON object, got {type(d).__name__}")
+    if d.get("schema") != FORECAST_SCHEMA:
+        raise ForecastDecodeError(f"schema: expected {FORECAST_SCHEMA!r}, got {d.get('schema')!r}")
+    try:
+        origin = parse_rfc3339_ns(d["origin"])
+        steps = tuple(
+            ForecastStep(
+                int(s["step"]),
+                parse_rfc3339_ns(s["target_ts"]),
+                _number_or_none(s["mean"], f"steps[{j}].mean"),
+                _number_or_none(s["lo"], f"steps[{j}].lo"),
+                _number_or_none(s["hi"], f"steps[{j}].hi"),
+            )
+            for j, s in enumerate(d["steps"])
+        )
+        forecast = Forecast(
+            id=str(d["id"]),
+            key=str(d["key"]),
+            origin=origin,
+            interval_ns=parse_duration(d["interval"], "interval"),
+            model=str(d["model"]),
+            model_version=str(d["model_version"]),
+            steps=steps,
+            produced_at=parse_rfc3339_ns(d["produced_at"]),
+        )
+    except ForecastDecodeError:
+        raise
+    except (KeyError, TypeError, ValueError, StreamseqError) as e:
+        raise ForecastDecodeError(f"malformed forecast: {type(e).__name__}: {e}") from None
+    if d.get("horizon") != len(steps):
+        raise ForecastDecodeError(f"horizon {d.get('horizon')!r} != number of steps {len(steps)}")
+    return forecast
+
+
+_FRAME_SCHEMA = {
+    "key": pl.String,
+    "model": pl.String,
+    "model_version": pl.String,
+    "origin": pl.Int64,
+    "step": pl.Int32,
+    "target_ts": pl.Int64,
+    "mean": pl.Float64,
+    "lo": pl.Float64,
+    "hi": pl.Float64,
+    "produced_at": pl.Int64,
+}
+_TIME_COLUMNS = ("origin", "target_ts", "produced_at")
+
+
+def forecasts_to_frame(forecasts: list[Forecast]) -> pl.DataFrame:
+    """Long form, one row per (forecast, step); times as Datetime(ns, UTC)."""
+    cols: dict[str, list] = {name: [] for name in _FRAME_SCHEMA}
+    for f in forecasts:
+        h = len(f.steps)
+        cols["key"] += [f.key] * h
+        cols["model"] += [f.model] * h
+        cols["model_version"] += [f.model_version] * h
+        cols["origin"] += [f.origin] * h
+        cols["produced_at"] += [f.produced_at] * h
+        for s in f.steps:
+            cols["step"].append(s.step)
+            cols["target_ts"].append(s.target_ts)
+            cols["mean"].append(s.mean)
+            cols["lo"].append(s.lo)
+            cols["hi"].append(s.hi)
+    frame = pl.DataFrame(cols, schema=_FRAME_SCHEMA)
+    return frame.with_columns(
+        pl.col(c).cast(pl.Datetime("ns", "UTC")) for c in _TIME_COLUMNS
+    )
