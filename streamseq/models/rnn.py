@@ -102,8 +102,8 @@ class StatefulRNNForecaster(BatchForecaster):
     def _make_optimizer(self):
         c = self.config
         if c.optimizer == "sgd":
-            return torch.optim.SGD(self.net.parameters(), lr=c.lr, momentum=0.9)
-        return torch.optim.Adam(self.net.parameters(), lr=c.lr)
+            return torch.optim.SGD(self.net.parameters(), lr=c.lr, momentum=0.9, foreach=True)
+        return torch.optim.Adam(self.net.parameters(), lr=c.lr, foreach=True)
 
     # -- arena --------------------------------------------------------------
     def ensure_capacity(self, capacity):
@@ -177,19 +177,22 @@ class StatefulRNNForecaster(BatchForecaster):
             return
         self.net.train()
         state = self._h_lag[slots]
-        outs = []
+        states = []
         lag_next = state
+        all_valid = bool(valid[:, :k].all())
         for i in range(k):
             stepped = self.net.step(xn[:, i], state)
-            state = torch.where(valid[:, i, None], stepped, state)
+            state = stepped if all_valid else torch.where(valid[:, i, None], stepped, state)
             if i == 0:
                 lag_next = state.detach()
-            outs.append(self.net.out(state))
-        pred = torch.stack(outs, dim=1)  # (n, k, H)
-        loss = nn.functional.smooth_l1_loss(pred[mask], tgt.clamp(-20, 20)[mask])
+            states.append(state)
+        pred = self.net.out(torch.stack(states, dim=1).reshape(-1, state.shape[1])).view(len(slots), k, H)
+        w = mask.float()
+        err = nn.functional.smooth_l1_loss(pred, tgt.clamp(-20, 20), reduction="none")
+        loss = (err * w).sum() / w.sum()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(self.net.parameters(), c.clip)
+        nn.utils.clip_grad_norm_(self.net.parameters(), c.clip, foreach=True)
         self.opt.step()
         self._h_lag[slots] = lag_next
         self.last_loss = float(loss.detach())
