@@ -89,6 +89,21 @@ def build_spec(
     return WindowSpec(interval, allowed_lateness, feats, names, gap, max_gap_fill)
 
 
+def _sequential_sums(values: np.ndarray, start: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Per-group sums added strictly in arrival order.
+
+    np.add.reduceat sums pairwise, so a window's sum would depend on where poll
+    or chunk boundaries fell; in arrival order it is the same bit for bit
+    however the stream was cut. One vectorised pass per position in a group.
+    """
+    acc = values[start].copy()
+    lengths = last - start + 1
+    for j in range(1, int(lengths.max())):
+        g = np.flatnonzero(lengths > j)
+        acc[g] += values[start[g] + j]
+    return acc
+
+
 @dataclass
 class ClosedWindows:
     """Closed windows sorted by (wid, slot). ``end = (wid + 1) * interval``."""
@@ -186,7 +201,7 @@ class Windower:
         start = np.flatnonzero(brk)
         last = np.r_[start[1:], len(order)] - 1
         m = np.empty((len(start), self.n_fields, 6))
-        m[:, :, SUM] = np.add.reduceat(S[:, :, SUM], start, axis=0)
+        m[:, :, SUM] = _sequential_sums(S[:, :, SUM], start, last)
         m[:, :, CNT] = np.add.reduceat(S[:, :, CNT], start, axis=0)
         m[:, :, MIN] = np.minimum.reduceat(S[:, :, MIN], start, axis=0)
         m[:, :, MAX] = np.maximum.reduceat(S[:, :, MAX], start, axis=0)

@@ -30,6 +30,19 @@ from torch import nn
 from ..keyspace import grow
 from .base import BatchForecaster
 
+# Below ~12 rows BLAS switches kernels and a row's result depends on the batch
+# size; padding inference calls keeps every key's forecast bitwise independent
+# of which other keys share its step (replay and live then give the same bytes).
+MIN_ROWS = 16
+
+
+def _padded(fn, *tensors: torch.Tensor) -> torch.Tensor:
+    n = tensors[0].shape[0]
+    if n >= MIN_ROWS:
+        return fn(*tensors)
+    padded = [torch.cat([t, t.new_zeros((MIN_ROWS - n, *t.shape[1:]))]) for t in tensors]
+    return fn(*padded)[:n]
+
 
 @dataclass
 class RNNConfig:
@@ -142,15 +155,29 @@ class StatefulRNNForecaster(BatchForecaster):
             self._var[rs] = (1 - a) * (self._var[rs] + a * delta * delta)
         row = torch.from_numpy(np.concatenate([x, filled[:, None].astype(np.float64)], axis=1)).float()
         ring = self._ring[slots]
+        if c.learn and filled.any():
+            self._advance_lag(slots[filled], ring[torch.from_numpy(filled)], n[filled])
         ring = torch.cat([ring[:, 1:], row[:, None, :]], dim=1)  # (n, R, F+1), newest last
         self._ring[slots] = ring
         self._n[slots] = n + 1
-        if c.learn:
-            self._learn(slots, ring)
+        if c.learn and real.any():
+            # Gap-filled windows bring no new truth: no learning step for them.
+            self._learn(slots[real], ring[torch.from_numpy(real)] if not real.all() else ring)
         xin = self._normalise(slots, ring[:, -1:])[:, 0]
         self.net.eval()
         with torch.no_grad():
-            self._h[slots] = self.net.step(xin, self._h[slots])
+            self._h[slots] = _padded(self.net.step, xin, self._h[slots])
+
+    def _advance_lag(self, slots, ring_before, nseen) -> None:
+        """Keys that skip a learning step still move h_lag past the window leaving the ring."""
+        full = nseen >= self._R
+        if not full.any():
+            return
+        slots = slots[full]
+        x0 = self._normalise(slots, ring_before[torch.from_numpy(full), :1])[:, 0]
+        self.net.eval()
+        with torch.no_grad():
+            self._h_lag[slots] = _padded(self.net.step, x0, self._h_lag[slots])
 
     def _learn(self, slots, ring) -> None:
         c = self.config
@@ -200,7 +227,7 @@ class StatefulRNNForecaster(BatchForecaster):
     def forecast(self, slots):
         self.net.eval()
         with torch.no_grad():
-            out = self.net.out(self._h[slots]).double().numpy()  # (n, H)
+            out = _padded(self.net.out, self._h[slots]).double().numpy()  # (n, H)
         scale = self._scale(slots)[:, 0:1] if self.config.normalize else 1.0
         if self.config.target == "delta":
             base = self._ring[slots, -1, 0].double().numpy()[:, None]
@@ -236,7 +263,7 @@ class StatefulRNNForecaster(BatchForecaster):
             for i in range(R):
                 if i == R - self.config.horizon:
                     lag = state  # state before the oldest window of the learning span
-                state = torch.where(valid[:, i, None], self.net.step(xn[:, i], state), state)
+                state = torch.where(valid[:, i, None], _padded(self.net.step, xn[:, i], state), state)
         self._h[slots] = state
         self._h_lag[slots] = lag
 
