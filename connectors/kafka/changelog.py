@@ -1,0 +1,126 @@
+"""Per-key state on a compacted changelog topic, co-partitioned with the source topic.
+
+The state of a key goes to the SAME partition number its observations came
+from, so a worker that is assigned source partition p restores its keys by
+reading changelog partition p (the Kafka Streams way). The changelog topic
+must therefore have as many partitions as the source topic (``ensure_topics``
+with ``changelog_spec``) and ``cleanup.policy=compact``.
+
+``restore`` reads from the beginning and keeps the latest value per key,
+dropping tombstoned keys itself: Tansu accepts ``cleanup.policy=compact`` but
+never compacts, and on real Kafka the uncompacted head needs the same care.
+It stops when each partition's position reaches the highwater mark seen in a
+fetch (``end_offsets()`` is wrong on Tansu), or after ``idle_s`` without data.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from kafka import KafkaConsumer, TopicPartition
+
+from .settings import KafkaSettings
+from .sink import KafkaConnectorError, KafkaProducerHandle
+
+log = logging.getLogger(__name__)
+
+
+class RestoreError(KafkaConnectorError):
+    """A changelog could not be read back completely in time."""
+
+
+class ChangelogStore:
+    """Write per-key state to, and restore it from, a compacted changelog topic."""
+
+    def __init__(
+        self,
+        handle: KafkaProducerHandle,
+        settings: KafkaSettings,
+        topic: str,
+        *,
+        restore_timeout_s: float = 300.0,
+        idle_s: float = 2.0,
+        restore_fetch_bytes: int = 16 * 1024 * 1024,
+    ):
+        self.handle = handle
+        self.settings = settings
+        self.topic = topic
+        self.restore_timeout_s = restore_timeout_s
+        self.idle_s = idle_s
+        self.restore_fetch_bytes = restore_fetch_bytes
+
+    def write(self, key: str, partition: int, value: bytes | None) -> None:
+        """Queue the state of ``key`` for changelog ``partition``; None is a tombstone (delete)."""
+        self.handle.send(self.topic, value, key=key.encode("utf-8"), partition=int(partition))
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def restore(self, partitions: list[int]) -> dict[str, bytes]:
+        """Latest state per key of the given changelog partitions (tombstoned keys left out)."""
+        if not partitions:
+            return {}
+        consumer = KafkaConsumer(**self._restore_kwargs())
+        try:
+            return self._read_all(consumer, [TopicPartition(self.topic, int(p)) for p in sorted(set(partitions))])
+        finally:
+            consumer.close(autocommit=False)
+
+    def _restore_kwargs(self) -> dict:
+        kw = self.settings.consumer_kwargs(group=False)
+        kw.update(
+            auto_offset_reset="earliest",
+            max_poll_records=max(self.settings.max_poll_records, 10_000),
+            max_partition_fetch_bytes=max(self.settings.max_partition_fetch_bytes, self.restore_fetch_bytes),
+            fetch_max_bytes=max(self.settings.fetch_max_bytes, self.restore_fetch_bytes),
+            fetch_max_wait_ms=100,  # an empty partition answers quickly
+        )
+        return kw
+
+    def _read_all(self, consumer: KafkaConsumer, tps: list[TopicPartition]) -> dict[str, bytes]:
+        known = consumer.partitions_for_topic(self.topic)
+        missing = [tp.partition for tp in tps if not known or tp.partition not in known]
+        if missing:
+            raise RestoreError(
+                f"changelog topic {self.topic!r} has no partition(s) {missing} "
+                f"(has {sorted(known) if known else 'none'}); create it co-partitioned with the source"
+            )
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        state: dict[str, bytes] = {}
+        pending = set(tps)
+        start = last_data = time.monotonic()
+        records_read = 0
+        while pending:
+            polled = consumer.poll(timeout_ms=100)
+            now = time.monotonic()
+            for records in polled.values():
+                records_read += len(records)
+                for r in records:
+                    if r.key is None:
+                        continue
+                    key = r.key.decode("utf-8", "replace")
+                    if r.value is None:
+                        state.pop(key, None)
+                    else:
+                        state[key] = r.value
+            if polled:
+                last_data = now
+            for tp in list(pending):
+                hw = consumer.highwater(tp)
+                if hw is not None and consumer.position(tp) >= hw:
+                    pending.discard(tp)
+            if not pending:
+                break
+            if now - last_data > self.idle_s:
+                log.warning("changelog %s: no data for %.1fs, highwater unknown for %s; treating as caught up",
+                            self.topic, self.idle_s, sorted(pending))
+                break
+            if now - start > self.restore_timeout_s:
+                raise RestoreError(
+                    f"changelog {self.topic!r}: not caught up after {self.restore_timeout_s}s "
+                    f"({records_read} records read; behind on {sorted(pending)})"
+                )
+        log.info("changelog %s: restored %d keys from %d records of partitions %s in %.2fs",
+                 self.topic, len(state), records_read, [tp.partition for tp in tps], time.monotonic() - start)
+        return state

@@ -1,0 +1,294 @@
+"""Producing to Kafka: one producer per worker, shared by the forecast, dead-letter and changelog writers.
+
+The worker's commit, in order (the Kafka Streams / quix-streams way)::
+
+    handle.begin()                      # no-op unless exactly_once (send() also begins)
+    forecast_sink.write(batch); dead_letter_sink.write(letters); changelog.write(...)
+    handle.commit(part.position_offsets(), part)   # flush, then offsets (in the transaction)
+
+With ``settings.exactly_once`` the producer is transactional: records and
+consumer offsets are committed atomically, and a worker that crashed mid-way
+leaves an aborted transaction that ``read_committed`` readers skip on real
+Kafka (Tansu still shows aborted records: forecast ids make copies
+recognisable). Without it the producer is idempotent and offsets are committed
+after a successful flush: at-least-once.
+
+``ProducerFencedError`` means another instance took over this worker's
+transactional id: stop the worker without committing anything else.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import errors as kerr
+from kafka.structs import OffsetAndMetadata
+
+from streamseq.errors import StreamseqError
+from streamseq.forecast_json import encode_forecasts
+from streamseq.io import DeadLetterSink, ForecastSink
+from streamseq.records import DeadLetter, ForecastBatch
+
+from .settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+_FENCING_ERRORS = (kerr.ProducerFencedError, kerr.InvalidProducerEpochError,
+                   kerr.TransactionalIdAuthorizationFailedError)
+
+
+class KafkaConnectorError(StreamseqError):
+    """Root of the Kafka connectors' errors."""
+
+
+class DeliveryError(KafkaConnectorError):
+    """Records could not be delivered; with exactly_once, abort() and replay from the last commit."""
+
+
+class CommitError(KafkaConnectorError):
+    """Offsets could not be committed (typically: the group rebalanced and these partitions moved)."""
+
+
+class ProducerFencedError(KafkaConnectorError):
+    """Another producer with this transactional_id is active: this worker must stop, committing nothing."""
+
+
+class KafkaProducerHandle:
+    """The worker's one producer: idempotent, transactional when ``settings.exactly_once``."""
+
+    def __init__(self, settings: KafkaSettings, *, flush_timeout_s: float = 30.0):
+        self.settings = settings
+        self.transactional = settings.exactly_once
+        self.flush_timeout_s = flush_timeout_s
+        self._lock = threading.Lock()
+        self._errors: list[tuple[str, BaseException]] = []  # filled by the sender thread
+        self._in_transaction = False
+        self._fenced: BaseException | None = None
+        self._closed = False
+        self._producer = KafkaProducer(**settings.producer_kwargs())
+        if self.transactional:
+            self._guard(self._producer.init_transactions)  # fences older instances, aborts their open transaction
+
+    @property
+    def producer(self) -> KafkaProducer:
+        return self._producer
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_transaction
+
+    # --- producing ----------------------------------------------------------------
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None,
+             partition: int | None = None, headers: list[tuple[str, bytes]] | None = None):
+        """Queue one record (starting a transaction if one is needed); failures surface in flush()."""
+        self._check_usable()
+        if self.transactional and not self._in_transaction:
+            self.begin()
+        future = self._guard(self._producer.send, topic, value=value, key=key,
+                             partition=partition, headers=headers)
+        future.add_errback(self._record_error, topic)
+        return future
+
+    def _record_error(self, topic: str, exc: BaseException) -> None:
+        if isinstance(exc, kerr.TransactionAbortedError):
+            return  # the expected fate of records in a transaction we aborted
+        with self._lock:
+            self._errors.append((topic, exc))
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Wait until every queued record is acknowledged; raise DeliveryError if any failed."""
+        self._check_usable()
+        try:
+            self._producer.flush(timeout=self.flush_timeout_s if timeout_s is None else timeout_s)
+        except kerr.KafkaTimeoutError as e:
+            raise DeliveryError(f"records not acknowledged within {self.flush_timeout_s}s: {e}") from e
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if errors:
+            topic, first = errors[0]
+            if isinstance(first, _FENCING_ERRORS):
+                self._fenced = first
+                raise ProducerFencedError(f"producer fenced while writing to {topic}: {first}") from first
+            raise DeliveryError(
+                f"{len(errors)} record(s) failed; first to topic {topic}: {type(first).__name__}: {first}"
+            ) from first
+
+    # --- transactions and commits ---------------------------------------------------
+
+    def begin(self) -> None:
+        """Start a transaction (exactly_once); a no-op otherwise or when one is open."""
+        self._check_usable()
+        if self.transactional and not self._in_transaction:
+            self._guard(self._producer.begin_transaction)
+            self._in_transaction = True
+
+    def commit(self, offsets: dict[TopicPartition, int], consumer) -> None:
+        """Flush, then commit ``offsets`` (next offsets to read) for ``consumer``'s group.
+
+        ``consumer``: a KafkaPartition or a kafka-python KafkaConsumer. With
+        exactly_once the offsets go into the transaction, which is then committed.
+        """
+        self.flush()
+        if not self.transactional:
+            self._commit_plain(offsets, consumer)
+            return
+        if not self._in_transaction and not offsets:
+            return
+        self.begin()
+        if offsets:
+            metadata = consumer.group_metadata()
+            oam = {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
+            try:
+                self._guard(self._producer.send_offsets_to_transaction, oam, metadata)
+            except ProducerFencedError:
+                raise
+            except kerr.KafkaError as e:
+                raise CommitError(f"offsets not added to the transaction: {type(e).__name__}: {e}") from e
+        try:
+            self._guard(self._producer.commit_transaction)
+        except ProducerFencedError:
+            raise
+        except kerr.KafkaError as e:
+            raise CommitError(f"transaction not committed: {type(e).__name__}: {e}") from e
+        self._in_transaction = False
+
+    @staticmethod
+    def _commit_plain(offsets: dict[TopicPartition, int], consumer) -> None:
+        if not offsets:
+            return
+        try:
+            if isinstance(consumer, KafkaConsumer):
+                consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+            else:
+                consumer.commit(offsets)
+        except kerr.KafkaError as e:
+            raise CommitError(f"offsets not committed: {type(e).__name__}: {e}") from e
+
+    def abort(self) -> None:
+        """Abort the open transaction (exactly_once); the worker then rewinds to its last commit."""
+        with self._lock:
+            self._errors.clear()
+        if not self.transactional or not self._in_transaction or self._fenced is not None:
+            self._in_transaction = False
+            return
+        try:
+            self._guard(self._producer.abort_transaction)
+        finally:
+            self._in_transaction = False
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Close the producer; an open transaction is aborted, never committed."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._in_transaction and self._fenced is None:
+                try:
+                    self._producer.abort_transaction()
+                except kerr.KafkaError as e:
+                    log.warning("aborting the open transaction on close failed: %s", e)
+        finally:
+            self._producer.close(timeout=0 if self._fenced is not None else timeout_s)
+
+    # --- helpers ------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._fenced is not None:
+            raise ProducerFencedError(f"producer was fenced earlier: {self._fenced}")
+        if self._closed:
+            raise KafkaConnectorError("producer handle is closed")
+
+    def _guard(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _FENCING_ERRORS as e:
+            self._fenced = e
+            raise ProducerFencedError(
+                f"transactional_id {self.settings.transactional_id!r} is in use by a newer producer: {e}"
+            ) from e
+        except kerr.KafkaError as e:
+            # kafka-python wraps a fenced producer's later calls in a generic KafkaError
+            cause = e.__cause__ or e.__context__
+            if isinstance(cause, _FENCING_ERRORS) or "ProducerFenced" in str(e):
+                self._fenced = e
+                raise ProducerFencedError(f"producer fenced: {e}") from e
+            raise
+
+
+class KafkaForecastSink(ForecastSink):
+    """Forecasts as ``streamseq.forecast/v1`` JSON, message key = series key (one key, one partition)."""
+
+    def __init__(self, handle: KafkaProducerHandle, topic: str):
+        self.handle = handle
+        self.topic = topic
+
+    def write(self, batch: ForecastBatch) -> None:
+        send, topic = self.handle.send, self.topic
+        for key, value in encode_forecasts(batch):
+            send(topic, value, key=key)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.flush()  # the handle is shared: the worker closes it
+
+
+def dead_letter_json(letter: DeadLetter, max_payload_bytes: int = 262_144) -> bytes:
+    """The dead-letter message value.
+
+    ``payload`` is the original record as UTF-8 text when it decodes, else
+    base64 (``payload_encoding`` says which); payloads over ``max_payload_bytes``
+    are cut (``payload_truncated``), ``payload_size`` is the original size.
+
+    >>> orjson.loads(dead_letter_json(DeadLetter("not_json: x", "obs", 2, 17, b"\\xff", "k")))["payload"]
+    '/w=='
+    """
+    payload = letter.payload
+    raw = payload.encode("utf-8") if isinstance(payload, str) else payload
+    body: dict = {
+        "reason": letter.reason,
+        "source": letter.source,
+        "partition": int(letter.partition),
+        "offset": int(letter.offset),
+        "key": letter.key,
+    }
+    if raw is None:
+        body.update(payload=None, payload_encoding=None, payload_size=0, payload_truncated=False)
+        return orjson.dumps(body)
+    size = len(raw)
+    cut = raw[:max_payload_bytes]
+    try:
+        text, encoding = cut.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError as e:
+        if size > max_payload_bytes and e.start >= len(cut) - 3:  # the cut split a character
+            text, encoding = cut[: e.start].decode("utf-8"), "utf-8"
+        else:
+            text, encoding = base64.b64encode(cut).decode("ascii"), "base64"
+    body.update(payload=text, payload_encoding=encoding, payload_size=size,
+                payload_truncated=size > max_payload_bytes)
+    return orjson.dumps(body)
+
+
+class KafkaDeadLetterSink(DeadLetterSink):
+    """Dead letters as JSON (reason + source position + original payload); message key = original key."""
+
+    def __init__(self, handle: KafkaProducerHandle, topic: str, *, max_payload_bytes: int = 262_144):
+        self.handle = handle
+        self.topic = topic
+        self.max_payload_bytes = max_payload_bytes
+
+    def write(self, letters: list[DeadLetter]) -> None:
+        for letter in letters:
+            key = letter.key.encode("utf-8") if letter.key is not None else None
+            self.handle.send(self.topic, dead_letter_json(letter, self.max_payload_bytes), key=key)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.flush()
