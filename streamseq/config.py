@@ -136,6 +136,14 @@ class TrainerConfig:
     min_improvement: float = 0.0  # candidate must beat the model in service by this share
     refresh_rnn: bool = False  # also refresh GRU/LSTM weights offline
     once: bool = False
+    poll_s: float = 30.0  # trainer process: how often it looks at the store and the schedule
+    drift_delta: float = 0.002  # ADWIN confidence (smaller = fewer, surer drift alarms)
+    max_samples: int = 50_000  # training samples per run at most (a seeded random subset)
+    min_context: int = 4  # windows of history a sample's origin needs (shorter contexts are left-padded)
+    warm_start: bool = True  # start from the weights in service rather than a fresh init
+    rnn_epochs: int = 1  # passes of offline TBPTT when refreshing GRU/LSTM weights
+    threads: int = 0  # torch threads of the trainer; 0 = half the cores (at least 1)
+    nice: int = 10  # scheduling niceness of a trainer process the worker starts
 
 
 @dataclass
