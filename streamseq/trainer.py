@@ -1,0 +1,516 @@
+"""The trainer: retrains on the window store, gates candidates, publishes to the registry.
+
+It runs off to the side of the stream — ``streamseq train`` as its own
+process, or a ``TrainerProcess`` the worker starts — and never inside the
+worker's processing loop. Data flows one way: store -> trainer -> registry;
+the worker only reads the registry (``retrain.ModelWatcher``).
+
+One run (``Trainer.run_once``), for each model it is responsible for:
+
+1. sliding samples of every key from the store (``WindowStore.training_samples``),
+   the newest ``trainer.holdout`` windows of each key held out;
+2. a candidate: the transformer trained on them (``train_transformer``), or
+   GRU/LSTM weights refreshed by offline truncated BPTT from the weights in
+   service (``refresh_rnn``) — over the same L = tbptt + H windows a key's
+   hidden state is rebuilt from on a hot swap, so the states stay usable;
+3. the promotion gate (``gate``): MAE on the held-out windows, in units of
+   each key's scale, against the model in service (the promoted version, or
+   the untrained init when none is); the candidate must be better by
+   ``trainer.min_improvement``;
+4. an accepted candidate is published and promoted; a rejected one is logged.
+
+When (``RetrainSchedule``): every N windows of new data, every T of time (wall
+time in the trainer process, event time in a replay), or when river's ADWIN
+sees drift in the live residuals of the model in service.
+
+>>> s = RetrainSchedule(interval_ns=10, every_windows=3)
+>>> [s.due(end, now_ns=0) for end in (10, 20, 30, 40)]
+[None, None, None, 'every 3 windows']
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import Config
+from .errors import ArtifactError, ConfigError
+from .models.rnn import RNNConfig, RNNNet
+from .models.transformer import TransformerConfig, TransformerNet, init_net, transformer_config
+from .registry import ModelRegistry, artifact_config, build_net
+from .store import TrainingSet, WindowStore
+from .timeutil import iso, parse_duration
+
+log = logging.getLogger(__name__)
+
+TRAINABLE = ("transformer", "gru", "lstm")
+# Settings an artifact must share with the model it replaces (the rest only affect training).
+SHAPE_KEYS = {
+    "transformer": ("context", "d_model", "heads", "layers", "ff", "horizon", "n_features"),
+    "rnn": ("cell", "hidden", "horizon", "n_features", "target", "normalize"),
+}
+
+
+def mismatch(artifact_params: dict, running_params: dict, kind: str) -> str | None:
+    """Why an artifact cannot replace a running model of this config (None if it can)."""
+    diffs = [f"{k} {artifact_params.get(k)!r} != {running_params.get(k)!r}"
+             for k in SHAPE_KEYS[kind] if artifact_params.get(k) != running_params.get(k)]
+    return ", ".join(diffs) or None
+
+
+# -- nets on samples ------------------------------------------------------------
+def rnn_forward(net: RNNNet, x: torch.Tensor) -> torch.Tensor:
+    """(B, R, F+1) contexts, NaN rows = padding -> (B, H): the cell from a zero state, as a hot swap's rewarm."""
+    pad = torch.isnan(x[..., 0])  # (B, R)
+    x = torch.nan_to_num(x, nan=0.0)
+    state = x.new_zeros(x.shape[0], net.state_size)
+    for i in range(x.shape[1]):
+        state = torch.where(pad[:, i, None], state, net.step(x[:, i], state))
+    return net.out(state)
+
+
+def forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return rnn_forward(net, x) if isinstance(net, RNNNet) else net(x)
+
+
+def predict(net: nn.Module, X: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """(N, H) normalised deltas for samples X."""
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(X), batch):
+            out.append(forward(net, torch.from_numpy(X[i:i + batch])).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def masked_mae(pred: np.ndarray, Y: np.ndarray) -> float:
+    m = ~np.isnan(Y)
+    return float(np.abs(pred[m] - Y[m]).mean()) if m.any() else float("nan")
+
+
+def fit(net: nn.Module, X: np.ndarray, Y: np.ndarray, *, epochs: int, batch_size: int, lr: float,
+        seed: int, clip: float = 1.0) -> float:
+    """Adam on the masked smooth-L1 loss; deterministic for a seed. Returns the last epoch's mean loss."""
+    torch.manual_seed(seed)  # dropout
+    gen = torch.Generator().manual_seed(seed)  # shuffling
+    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    loss_sum, batches = float("nan"), 0
+    for _ in range(epochs):
+        net.train()
+        loss_sum, batches = 0.0, 0
+        perm = torch.randperm(len(Xt), generator=gen)
+        for i in range(0, len(Xt), batch_size):
+            idx = perm[i:i + batch_size]
+            y = Yt[idx]
+            m = ~torch.isnan(y)
+            if not m.any():
+                continue
+            pred = forward(net, Xt[idx])  # (B, H)
+            loss = nn.functional.smooth_l1_loss(pred[m], y[m])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), clip)
+            opt.step()
+            loss_sum += float(loss.detach())
+            batches += 1
+    net.eval()
+    return loss_sum / max(batches, 1)
+
+
+# -- schedule -------------------------------------------------------------------
+class RetrainSchedule:
+    """When to retrain: every N windows of new data, every T of time, or on ADWIN drift of residuals.
+
+    ``due(newest_end, now_ns)`` returns the reason or None; ``trained`` resets the
+    counters. Time is whatever the caller passes: wall time in the trainer
+    process, event time in a replay. Drift needs ``min_windows`` of new data since
+    the last run (there is nothing new to learn from otherwise).
+    """
+
+    def __init__(self, interval_ns: int, every_windows: int = 0, every_ns: int = 0, drift: bool = False,
+                 delta: float = 0.002, min_windows: int = 1, initial: bool = False):
+        self.interval_ns = interval_ns
+        self.every_windows = every_windows
+        self.every_ns = every_ns
+        self.drift = drift
+        self.delta = delta
+        self.min_windows = max(1, min_windows)
+        self.initial = initial
+        self.last_end: int | None = None
+        self.last_time: int | None = None
+        self.drift_seen = False
+        self.drifts = 0
+        self._adwin = self._new_adwin()
+
+    @classmethod
+    def from_config(cls, cfg: Config, initial: bool = False) -> "RetrainSchedule":
+        t = cfg.trainer
+        return cls(cfg.windowing.interval_ns, t.every_windows, parse_duration(t.every, "trainer.every") if t.every else 0,
+                   t.drift, t.drift_delta, t.holdout, initial)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.every_windows or self.every_ns or self.drift)
+
+    def _new_adwin(self):
+        if not self.drift:
+            return None
+        from river.drift import ADWIN
+
+        return ADWIN(delta=self.delta)
+
+    def observe_residual(self, r: float) -> bool:
+        """Feed one residual summary (e.g. the mean |error| of one window end); True on drift."""
+        if self._adwin is None or not np.isfinite(r):
+            return False
+        self._adwin.update(float(r))
+        if self._adwin.drift_detected:
+            self.drift_seen = True
+            self.drifts += 1
+            return True
+        return False
+
+    def due(self, newest_end: int | None, now_ns: int) -> str | None:
+        if newest_end is None:
+            return None
+        if self.last_end is None:
+            if self.initial:
+                return "initial"
+            self.last_end, self.last_time = newest_end, now_ns
+            return None
+        new = (newest_end - self.last_end) // self.interval_ns
+        if self.every_windows and new >= self.every_windows:
+            return f"every {self.every_windows} windows"
+        if self.every_ns and now_ns - self.last_time >= self.every_ns:
+            return "every " + _fmt(self.every_ns)
+        if self.drift_seen and new >= self.min_windows:
+            return "drift"
+        return None
+
+    def trained(self, newest_end: int, now_ns: int) -> None:
+        self.last_end, self.last_time = newest_end, now_ns
+        self.drift_seen = False
+        self._adwin = self._new_adwin()  # residuals of a new model start a new history
+
+
+def _fmt(ns: int) -> str:
+    from .timeutil import format_duration
+
+    return format_duration(ns)
+
+
+# -- the trainer ----------------------------------------------------------------
+@dataclass
+class Candidate:
+    name: str
+    net: nn.Module
+    config: dict  # artifact config (kind, name, params)
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    name: str
+    accepted: bool
+    metrics: dict
+    reason: str = ""
+    version: str | None = None  # published and promoted version
+    state_dict: dict | None = None  # accepted weights (for a synchronous swap)
+    config: dict | None = None
+
+
+class Trainer:
+    def __init__(self, cfg: Config, store: WindowStore, registry: ModelRegistry | None = None,
+                 *, n_features: int | None = None, models: list[str] | None = None):
+        from .factory import window_spec
+
+        self.cfg = cfg
+        self.store = store
+        self.registry = registry
+        self.n_features = n_features or window_spec(cfg).n_features
+        t = cfg.trainer
+        if t.holdout < 1:
+            raise ConfigError("trainer.holdout", f"a positive number of windows, got {t.holdout}")
+        if not 0 <= t.min_improvement < 1:
+            raise ConfigError("trainer.min_improvement", f"a share in [0, 1), got {t.min_improvement}")
+        if models is None:
+            models = [m for m in cfg.forecast.models
+                      if m == "transformer" or (m in ("gru", "lstm") and t.refresh_rnn)]
+        self.models = models
+        self.runs = 0
+        self._drift_fed_end = -1
+        self._serving: dict[str, tuple[str, nn.Module]] = {}
+
+    # -- configs ----------------------------------------------------------------
+    def model_params(self, name: str):
+        from .factory import rnn_config
+
+        if name == "transformer":
+            return transformer_config(self.cfg, self.n_features)
+        return rnn_config(self.cfg, name, self.n_features)
+
+    def context(self, name: str) -> int:
+        p = self.model_params(name)
+        return p.context if name == "transformer" else p.tbptt + p.horizon
+
+    def init_net(self, name: str) -> nn.Module:
+        """The untrained network, the same weights the stream's model starts with."""
+        p = self.model_params(name)
+        if name == "transformer":
+            return init_net(p)
+        torch.manual_seed(p.seed)
+        return RNNNet(p)
+
+    def samples(self, name: str, frame=None, seed: int = 0) -> TrainingSet:
+        t = self.cfg.trainer
+        return self.store.training_samples(
+            self.context(name), self.cfg.forecast.horizon, t.holdout, norm_alpha=self.cfg.rnn.norm_alpha,
+            min_context=t.min_context, max_samples=t.max_samples or None, seed=seed, frame=frame)
+
+    def incumbent(self, name: str) -> tuple[nn.Module, str]:
+        """The model in service: the promoted version, or the untrained init when none is (or it cannot be used)."""
+        if self.registry is not None:
+            try:
+                version = self.registry.promoted(name)
+                if version is not None:
+                    sd, config, _ = self.registry.load(name, version)
+                    why = mismatch(config["params"], artifact_config(name, self.model_params(name))["params"],
+                                   config["kind"])
+                    if why is None:
+                        net = build_net(config)
+                        net.load_state_dict(sd)
+                        return net.eval(), version
+                    log.warning("promoted %s %s does not fit the configured model (%s); comparing with the init",
+                                name, version, why)
+            except ArtifactError as exc:
+                log.warning("promoted %s cannot be loaded (%s); comparing with the init", name, exc)
+        return self.init_net(name).eval(), "init"
+
+    # -- candidates -------------------------------------------------------------
+    def train_transformer(self, data: TrainingSet | None = None, init: dict | None = None,
+                          seed: int | None = None) -> Candidate:
+        """Train a transformer on the store's samples, from ``init`` weights (warm start) or a fresh init."""
+        seed = self.cfg.forecast.seed + self.runs if seed is None else seed
+        params: TransformerConfig = self.model_params("transformer")
+        data = data if data is not None else self.samples("transformer", seed=seed)
+        net = init_net(params)
+        if init is not None:
+            net.load_state_dict(init)
+        tc = self.cfg.transformer
+        t0 = time.perf_counter()
+        loss = fit(net, data.X_train, data.Y_train, epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr, seed=seed)
+        meta = {"train_loss": loss, "epochs": tc.epochs, "seed": seed, "warm_start": init is not None,
+                "train_seconds": round(time.perf_counter() - t0, 3)}
+        return Candidate("transformer", net, artifact_config("transformer", params), meta)
+
+    def refresh_rnn(self, name: str, data: TrainingSet | None = None, init: dict | None = None,
+                    seed: int | None = None) -> Candidate:
+        """GRU/LSTM weights refreshed by offline TBPTT over L = tbptt + H windows from a zero state."""
+        seed = self.cfg.forecast.seed + self.runs if seed is None else seed
+        params: RNNConfig = self.model_params(name)
+        data = data if data is not None else self.samples(name, seed=seed)
+        net = self.init_net(name)
+        if init is not None:
+            net.load_state_dict(init)
+        t = self.cfg.trainer
+        t0 = time.perf_counter()
+        loss = fit(net, data.X_train, data.Y_train, epochs=t.rnn_epochs,
+                   batch_size=self.cfg.transformer.batch_size, lr=self.cfg.rnn.lr, seed=seed, clip=params.clip)
+        meta = {"train_loss": loss, "epochs": t.rnn_epochs, "seed": seed, "warm_start": init is not None,
+                "train_seconds": round(time.perf_counter() - t0, 3)}
+        return Candidate(name, net, artifact_config(name, params), meta)
+
+    def gate(self, candidate: Candidate | nn.Module, incumbent: Candidate | nn.Module,
+             X_val: np.ndarray, Y_val: np.ndarray) -> tuple[bool, dict]:
+        """Accept only a candidate whose held-out MAE beats the incumbent's by ``min_improvement``."""
+        cand = candidate.net if isinstance(candidate, Candidate) else candidate
+        inc = incumbent.net if isinstance(incumbent, Candidate) else incumbent
+        if len(X_val) == 0:
+            return False, {"val_samples": 0, "reason": "no held-out windows"}
+        c_mae = masked_mae(predict(cand, X_val), Y_val)
+        i_mae = masked_mae(predict(inc, X_val), Y_val)
+        need = i_mae * (1 - self.cfg.trainer.min_improvement)
+        accepted = bool(np.isfinite(c_mae) and np.isfinite(i_mae) and c_mae < need)
+        return accepted, {"val_mae": c_mae, "incumbent_val_mae": i_mae, "val_samples": int(len(X_val)),
+                          "improvement": (1 - c_mae / i_mae) if i_mae > 0 else 0.0}
+
+    # -- one run ------------------------------------------------------------------
+    def run_once(self, incumbents: dict | None = None, *, end: int | None = None,
+                 seed: int | None = None) -> list[Outcome]:
+        """Train, gate and (when accepted, and a registry is set) publish + promote every model.
+
+        ``incumbents`` maps a name to (net or state_dict, version) of the model in
+        service (a replay passes its pipeline's models); otherwise the registry's
+        promoted version, or the untrained init. ``end``: windows before it only.
+        Never raises for a model that fails: its outcome says why.
+        """
+        seed = self.cfg.forecast.seed + self.runs if seed is None else seed
+        frame = self.store.read(end=end)
+        outcomes = []
+        for name in self.models:
+            try:
+                outcomes.append(self._run_model(name, frame, seed, (incumbents or {}).get(name)))
+            except Exception as exc:  # a failed run is logged; the model in service stays
+                log.exception("training %s failed", name)
+                outcomes.append(Outcome(name, False, {}, reason=f"failed: {type(exc).__name__}: {exc}"))
+        self.runs += 1
+        return outcomes
+
+    def _run_model(self, name, frame, seed, incumbent) -> Outcome:
+        data = self.samples(name, frame, seed)
+        if len(data.X_train) == 0 or len(data.X_val) == 0:
+            log.info("not training %s: %d training and %d held-out samples in the store",
+                     name, len(data.X_train), len(data.X_val))
+            return Outcome(name, False, {}, reason="not enough data")
+        if incumbent is None:
+            inc_net, inc_version = self.incumbent(name)
+        else:
+            inc, inc_version = incumbent
+            inc_net = inc if isinstance(inc, nn.Module) else _net_from(self.init_net(name), inc)
+        init = inc_net.state_dict() if self.cfg.trainer.warm_start else None
+        if name == "transformer":
+            cand = self.train_transformer(data, init=init, seed=seed)
+        else:
+            cand = self.refresh_rnn(name, data, init=init, seed=seed)
+        accepted, metrics = self.gate(cand, inc_net, data.X_val, data.Y_val)
+        meta = {**cand.meta, **data.info, **metrics, "accepted": accepted, "incumbent_version": inc_version,
+                "data_range": [iso(data.info["data_start"]), iso(data.info["data_end"])]}
+        version = None
+        if accepted and self.registry is not None:
+            version = self.registry.publish(name, cand.net.state_dict(), cand.config, meta)
+            self.registry.promote(name, version)
+        log.info("%s candidate %s: val MAE %.4f vs %.4f of %s (%d held-out samples, data %s .. %s)%s",
+                 name, "accepted" if accepted else "rejected", metrics["val_mae"], metrics["incumbent_val_mae"],
+                 inc_version, metrics["val_samples"], *meta["data_range"],
+                 f", promoted {version}" if version else "")
+        return Outcome(name, accepted, {**metrics, "train_loss": cand.meta["train_loss"]},
+                       reason="better than the model in service" if accepted else "not better than the model in service",
+                       version=version, state_dict=cand.net.state_dict() if accepted else None, config=cand.config)
+
+    # -- on a schedule --------------------------------------------------------------
+    def tick(self, schedule: RetrainSchedule, now_ns: int) -> list[Outcome] | None:
+        """One look at the store: feed drift, run if due. Returns the outcomes of a run, or None."""
+        newest = self.store.newest()
+        if schedule.drift and self.models:
+            self._feed_drift(schedule)
+        reason = schedule.due(newest, now_ns)
+        if reason is None:
+            return None
+        log.info("retraining (%s), newest window %s", reason, iso(newest))
+        outcomes = self.run_once()
+        schedule.trained(newest, now_ns)
+        return outcomes
+
+    def run_forever(self, stop_event, clock=None) -> None:
+        """Retrain on the schedule until ``stop_event`` is set; a failed iteration is logged, never fatal."""
+        from .clock import SystemClock
+
+        clock = clock or SystemClock()
+        schedule = RetrainSchedule.from_config(self.cfg, initial=True)
+        if not schedule.active:
+            log.warning("trainer: no schedule set (trainer.every_windows, trainer.every, trainer.drift): "
+                        "training once when data is there")
+        log.info("trainer started: models %s, store %s, registry %s", ", ".join(self.models) or "none",
+                 self.store.path, self.registry.path if self.registry else "-")
+        while not stop_event.is_set():
+            try:
+                self.tick(schedule, clock.now_ns())
+            except Exception:
+                log.exception("trainer iteration failed")
+            stop_event.wait(self.cfg.trainer.poll_s)
+
+    def _feed_drift(self, schedule: RetrainSchedule) -> None:
+        """Step-1 residuals of the model in service on the newest windows, one summary per window end."""
+        name = self.models[0]
+        data = self.samples(name)
+        sel = data.val_end > self._drift_fed_end
+        if not sel.any():
+            return
+        version = self.registry.promoted(name) if self.registry else None
+        if self._serving.get(name, (None,))[0] != version or name not in self._serving:
+            self._serving[name] = (version, self.incumbent(name)[0])
+        net = self._serving[name][1]
+        ends, X, Y = data.val_end[sel], data.X_val[sel], data.Y_val[sel]
+        err = np.abs(predict(net, X)[:, 0] - Y[:, 0])
+        ok = np.isfinite(err)
+        ends, err = ends[ok], err[ok]
+        uniq, inv = np.unique(ends, return_inverse=True)
+        per_end = np.bincount(inv, weights=err) / np.bincount(inv)
+        for r in per_end:
+            if schedule.observe_residual(r):
+                log.info("drift detected in the residuals of %s", name)
+        self._drift_fed_end = int(data.val_end.max())
+
+
+def _net_from(net: nn.Module, state_dict: dict) -> nn.Module:
+    net.load_state_dict(state_dict)
+    return net.eval()
+
+
+# -- a trainer process the worker starts ----------------------------------------
+def trainer_threads(cfg: Config) -> int:
+    return cfg.trainer.threads or max(1, (os.cpu_count() or 2) // 2)
+
+
+def _process_main(cfg: Config, stop_event, nice: int) -> None:
+    if nice:
+        try:
+            os.nice(nice)  # the stream's batches come first
+        except OSError:
+            pass
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=cfg.logging.level, format="%(asctime)s trainer %(levelname)s %(message)s")
+    from .factory import set_threads
+
+    set_threads(trainer_threads(cfg))
+    store = WindowStore.from_config(cfg)
+    registry = ModelRegistry(cfg.resolve(cfg.registry.path))
+    Trainer(cfg, store, registry).run_forever(stop_event)
+
+
+class TrainerProcess:
+    """The trainer in a child process (spawned: no torch state shared with the worker), lower priority.
+
+    The worker starts it, keeps processing, and picks up promoted versions with
+    ``retrain.ModelWatcher``; a crash of the trainer never reaches the worker.
+    """
+
+    def __init__(self, cfg: Config):
+        if not cfg.store.path:
+            raise ConfigError("store.path", "a window store folder: the trainer trains on it")
+        self.cfg = cfg
+        self._proc = None
+        self._stop = None
+
+    def start(self) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self._stop = ctx.Event()
+        self._proc = ctx.Process(target=_process_main, args=(self.cfg, self._stop, self.cfg.trainer.nice),
+                                 name="streamseq-trainer", daemon=True)
+        self._proc.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._proc is None:
+            return
+        self._stop.set()
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(5)
+        self._proc = None
+
+
+__all__ = ["Trainer", "TrainerProcess", "RetrainSchedule", "Candidate", "Outcome", "predict", "masked_mae",
+           "fit", "mismatch", "TRAINABLE"]
