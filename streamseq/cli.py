@@ -126,7 +126,7 @@ def cmd_config_check(a) -> int:
         if cfg.kafka:
             from . import plugins
 
-            settings_cls = getattr(plugins.load("sources", "kafka"), "settings_class", None)
+            settings_cls = getattr(plugins.load("transports", "kafka"), "settings_class", None)
             if settings_cls is not None:
                 settings_cls.from_dict(cfg.kafka)
         print(f"{f}: ok")

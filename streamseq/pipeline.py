@@ -64,6 +64,8 @@ class Pipeline:
         self.keys = KeyIndex(capacity)
         self.windower = Windower(spec, n_fields, capacity)
         self._last_offset = np.zeros(0, np.int64)
+        self._last_ts = np.zeros(0, np.int64)
+        self._last_vals = np.zeros((0, n_fields))
         self._dirty = np.zeros(0, bool)
         self.keys.on_grow(self._grow)
         self.stats = PipelineStats()
@@ -79,6 +81,8 @@ class Pipeline:
         for c in self.calibrators.values():
             c.ensure_capacity(cap)
         self._last_offset = grow(self._last_offset, cap, -1)
+        self._last_ts = grow(self._last_ts, cap, NO_WID)
+        self._last_vals = grow(self._last_vals, cap, np.nan)
         self._dirty = grow(self._dirty, cap, False)
 
     # -- wiring ---------------------------------------------------------------
@@ -121,6 +125,11 @@ class Pipeline:
                     return 0
             np.maximum.at(self._last_offset, slots, batch.offset)
         self._dirty[slots] = True
+        dup = self._duplicates(slots, batch)
+        if dup.any():
+            self._duplicate_letters(batch, dup, part)
+            keep = np.flatnonzero(~dup)
+            batch, slots = batch.take(keep), slots[keep]
         closed, late, wm = self.windower.process(slots, batch.ts, batch.values, batch.partition, partitioned)
         if late.any():
             self._late(batch, late, wm, part)
@@ -129,6 +138,35 @@ class Pipeline:
     def finish(self) -> int:
         """End of a finite stream: close every open window and advance."""
         return self._advance(self.windower.flush())
+
+    def _duplicates(self, slots, batch) -> np.ndarray:
+        """An exact repeat (same time, same values) of a key's previous record is a duplicate."""
+        order = np.argsort(slots, kind="stable")
+        s, ts, v = slots[order], batch.ts[order], batch.values[order]
+        same = np.zeros(len(s), bool)
+        same[1:] = s[1:] == s[:-1]
+        prev_ts = np.where(same, np.r_[NO_WID, ts[:-1]], self._last_ts[s])
+        prev_v = np.where(same[:, None], np.r_[v[:1], v[:-1]], self._last_vals[s])
+        dup_sorted = (ts == prev_ts) & (v == prev_v).all(axis=1)
+        last = np.r_[~same[1:], True]
+        self._last_ts[s[last]] = ts[last]
+        self._last_vals[s[last]] = v[last]
+        dup = np.empty(len(s), bool)
+        dup[order] = dup_sorted
+        return dup
+
+    def _duplicate_letters(self, batch, dup, part) -> None:
+        letters = []
+        for i in np.flatnonzero(dup).tolist():
+            p = int(batch.partition[i])
+            letters.append(DeadLetter(
+                reason="duplicate record: same key, time and values as the previous one",
+                source=part.describe(p) if part is not None and hasattr(part, "describe") else str(p),
+                partition=p, offset=int(batch.offset[i]),
+                payload=json.dumps({"key": batch.keys[i], "ts": iso(int(batch.ts[i])), "values": batch.values[i].tolist()}),
+                key=str(batch.keys[i]),
+            ))
+        self._dead(letters)
 
     def _late(self, batch, late, wm, part) -> None:
         idx = np.flatnonzero(late)
@@ -255,7 +293,11 @@ class Pipeline:
     def snapshot_keys(self, keys: list[str]) -> dict[str, dict[str, np.ndarray]]:
         """Every component's state of these keys, as {component/field: array with one row per key}."""
         slots = np.array([self.keys.get(k) for k in keys], np.int64)
-        out: dict[str, np.ndarray] = {"pipeline/last_offset": self._last_offset[slots].copy()}
+        out: dict[str, np.ndarray] = {
+            "pipeline/last_offset": self._last_offset[slots].copy(),
+            "pipeline/last_ts": self._last_ts[slots].copy(),
+            "pipeline/last_vals": self._last_vals[slots].copy(),
+        }
         for name, arr in self.windower.snapshot(slots).items():
             out[f"windower/{name}"] = arr
         for name, m in self.models.items():
@@ -269,6 +311,8 @@ class Pipeline:
     def restore_keys(self, keys: list[str], state: dict[str, np.ndarray], partitioned_time: bool = True) -> None:
         slots = self.keys.slots(np.array(keys, dtype=object))
         self._last_offset[slots] = state["pipeline/last_offset"]
+        self._last_ts[slots] = state["pipeline/last_ts"]
+        self._last_vals[slots] = state["pipeline/last_vals"]
         self.windower.restore(slots, _component(state, "windower/"), partitioned_time)
         for name, m in self.models.items():
             part = _component(state, f"model.{name}/")
@@ -288,6 +332,8 @@ class Pipeline:
         for c in self.calibrators.values():
             c.reset(slots)
         self._last_offset[slots] = -1
+        self._last_ts[slots] = NO_WID
+        self._last_vals[slots] = np.nan
         self._dirty[slots] = False
         self.keys.forget(keys)
 

@@ -1,0 +1,85 @@
+"""Everything a stream worker needs from Kafka, built from one streamseq Config.
+
+Found by the engine through the ``streamseq.transports`` entry point "kafka".
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+from streamseq.config import Config
+
+from .admin import TopicSpec, changelog_spec, ensure_topics
+from .changelog import ChangelogStore
+from .settings import KafkaSettings
+from .sink import KafkaDeadLetterSink, KafkaForecastSink, KafkaProducerHandle
+from .source import KafkaSource
+
+
+def settings_from_config(cfg: Config) -> KafkaSettings:
+    d = dict(cfg.kafka)
+    d.setdefault("group_id", "streamseq-worker")
+    if cfg.worker.exactly_once:
+        d["exactly_once"] = True
+    settings = KafkaSettings.from_dict(d)
+    if settings.exactly_once and not settings.transactional_id:
+        # Stable per worker instance (pod / host name) so a restarted worker fences its old self.
+        host = os.environ.get("HOSTNAME") or socket.gethostname()
+        settings = settings.replace(transactional_id=f"{settings.group_id}-{host}")
+    return settings
+
+
+class KafkaTransport:
+    settings_class = KafkaSettings
+
+    def __init__(self, cfg: Config, settings: KafkaSettings | None = None):
+        self.cfg = cfg
+        self.settings = settings or settings_from_config(cfg)
+        self.part = None
+        self.producer = None
+        self.changelog = None
+        self.forecast_sink = None
+        self.dead_letter_sink = None
+
+    def topic_specs(self) -> list[TopicSpec]:
+        t = self.cfg.topics
+        rf = t.replication_factor
+        specs = [TopicSpec(name, t.partitions, rf) for name in t.observations]
+        specs += [TopicSpec(t.forecasts, t.partitions, rf), TopicSpec(t.dead_letter, t.partitions, rf),
+                  changelog_spec(t.changelog, t.partitions, rf)]
+        return specs
+
+    def ensure_topics(self) -> dict[str, str]:
+        return ensure_topics(self.settings, self.topic_specs())
+
+    def open(self) -> "KafkaTransport":
+        c = self.cfg
+        if c.topics.create:
+            self.ensure_topics()
+        i = c.input
+        source = KafkaSource(self.settings, list(c.topics.observations), key_field=i.key_field or None,
+                             time_field=i.time_field, value_fields=list(i.value_fields), time_unit=i.time_unit,
+                             max_record_bytes=i.max_record_bytes, poll_timeout_ms=c.worker.poll_timeout_ms)
+        self.producer = KafkaProducerHandle(self.settings)
+        self.forecast_sink = KafkaForecastSink(self.producer, c.topics.forecasts)
+        self.dead_letter_sink = KafkaDeadLetterSink(self.producer, c.topics.dead_letter)
+        self.changelog = ChangelogStore(self.producer, self.settings, c.topics.changelog)
+        self.part = source.build_part(source.list_parts()[0], None)
+        return self
+
+    # -- tools for people and services -------------------------------------------
+    def feed(self, part, topic: str, *, value_fields: list[str], key_field: str = "key",
+             time_field: str = "ts", max_records: int | None = None) -> int:
+        from .feed import feed
+
+        handle = KafkaProducerHandle(self.settings.replace(exactly_once=False, transactional_id=None))
+        try:
+            return feed(part, handle, topic, key_field=key_field, time_field=time_field,
+                        value_fields=value_fields, max_records=max_records)
+        finally:
+            handle.close()
+
+    def iter_forecasts(self, topic: str, **kw):
+        from .forecasts import iter_forecasts
+
+        return iter_forecasts(self.settings, topic, **kw)

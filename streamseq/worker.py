@@ -1,0 +1,269 @@
+"""The long-running stream worker: the replay pipeline fed by a message-broker transport.
+
+One loop, one thread of pipeline work:
+
+    poll ─► pipeline.process ─► forecasts / dead letters queued on the producer
+    every N records or T seconds: checkpoint
+        1. flush forecasts and dead letters (acknowledged)
+        2. write the state of every key touched since the last checkpoint
+           to the changelog (keyed by series key, co-partitioned with the input)
+        3. commit the source offsets — 2 and 3 in one transaction with exactly_once
+
+On a partition assignment the worker restores the latest state of the keys of
+the partitions it gained (reading the changelog itself) before it processes
+any of their records; records already reflected in a restored state are
+skipped. On revocation it checkpoints first, then forgets the moved keys.
+
+The transport is duck-typed (``connectors.kafka.transport.KafkaTransport``):
+``part`` (a SourcePartition with ``set_rebalance_listener``,
+``position_offsets``, ``assignment``, ``lag``, ``topic_partition``),
+``producer`` (``flush``, ``commit(offsets, part)``, ``abort``, ``close``),
+``changelog`` (``write(key, partition, bytes|None)``, ``restore(partitions)``),
+``forecast_sink`` and ``dead_letter_sink``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import numpy as np
+
+from .clock import SystemClock
+from .config import Config
+from .metrics import Health, WorkerMetrics
+from .pipeline import Pipeline
+from .state_codec import decode_keys, encode_keys
+
+log = logging.getLogger("streamseq.worker")
+
+
+class StreamWorker:
+    def __init__(self, cfg: Config, pipeline: Pipeline, transport, *, clock=None,
+                 metrics: WorkerMetrics | None = None, health: Health | None = None, watcher=None):
+        self.cfg = cfg
+        self.pipeline = pipeline
+        self.transport = transport
+        self.part = transport.part
+        self.producer = transport.producer
+        self.changelog = transport.changelog
+        self.clock = clock or SystemClock()
+        self.metrics = metrics or WorkerMetrics()
+        self.health = health or Health()
+        self.watcher = watcher
+        pipeline.add_sink(transport.forecast_sink)
+        pipeline.add_dead_letter_sink(transport.dead_letter_sink)
+        self.part.set_rebalance_listener(self._on_assigned, self._on_revoked)
+        self._owned: set[int] = set()  # source partitions whose keys this worker holds
+        self._since_checkpoint = 0
+        self._last_checkpoint = self.clock.monotonic()
+        self._last_registry_check = -1e18
+        self._last_lag = -1e18
+        self._seen = dict(records=0, skipped=0, windows=0, forecasts=0, dead=0)
+
+    # -- run loop -------------------------------------------------------------------
+    def run(self, stop: threading.Event, max_records: int | None = None, max_idle_s: float | None = None) -> int:
+        """Process until ``stop`` is set (or, for tests and demos, after ``max_records`` or
+        ``max_idle_s`` seconds without a record once partitions were assigned)."""
+        w = self.cfg.worker
+        last_record = self.clock.monotonic()
+        self.health.detail = "waiting for partition assignment"
+        self._check_models(force=True)
+        try:
+            while not stop.is_set():
+                batch, letters = self.part.next_batch()
+                t0 = self.clock.monotonic()
+                self.pipeline.process(batch, self.part, letters)
+                if len(batch) or letters:
+                    self.metrics.batch_latency.observe(self.clock.monotonic() - t0)
+                self._since_checkpoint += len(batch) + len(letters)
+                self._update_counters()
+                now = self.clock.monotonic()
+                if (self._since_checkpoint >= w.checkpoint_every_records
+                        or (self._since_checkpoint and now - self._last_checkpoint >= w.checkpoint_every_s)):
+                    self.checkpoint()
+                self._check_models()
+                if now - self._last_lag >= 5.0:
+                    self._update_lag()
+                if len(batch) or letters or not self.health.ready:
+                    last_record = now
+                if max_records is not None and self.pipeline.stats.records_in >= max_records:
+                    break
+                if max_idle_s is not None and now - last_record >= max_idle_s:
+                    break
+            self.health.detail = "shutting down"
+            self.checkpoint()
+            return 0
+        except BaseException:
+            self.health.live = False
+            self.health.ready = False
+            try:
+                self.producer.abort()
+            except Exception:  # noqa: BLE001 - already failing; keep the original error
+                log.exception("abort after failure failed")
+            raise
+
+    def close(self) -> None:
+        """Leave the group (revocation checkpoints first) and close the producer."""
+        try:
+            self.part.close()
+        finally:
+            self.producer.close()
+
+    # -- checkpoint -----------------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Forecasts flushed, then state written, then offsets committed."""
+        self.producer.flush()  # 1. forecasts and dead letters acknowledged before any state says they exist
+        keys = self.pipeline.dirty_keys()
+        if keys:
+            state = self.pipeline.snapshot_keys(keys)
+            records = encode_keys(keys, state)
+            parts = self._changelog_partitions(keys)
+            for key, p in zip(keys, parts):
+                self.changelog.write(key, p, records[key])  # 2. state
+        owned = set(self.part.assignment())
+        offsets = {tp: off for tp, off in self.part.position_offsets().items() if tp in owned}
+        self.producer.commit(offsets, self.part)  # flushes the state, then 3. offsets (one transaction with exactly_once)
+        self.metrics.checkpoints.inc()
+        self._since_checkpoint = 0
+        self._last_checkpoint = self.clock.monotonic()
+
+    def _changelog_partitions(self, keys: list[str]) -> list[int]:
+        slots = np.array([self.pipeline.keys.get(k) for k in keys], np.int64)
+        pids = self.pipeline.windower.key_part[slots]
+        return [self.part.topic_partition(int(p)).partition for p in pids.tolist()]
+
+    # -- rebalance ------------------------------------------------------------------
+    def _on_revoked(self, tps) -> None:
+        log.info("partitions revoked: %s", _fmt(tps))
+        self.health.ready = False
+        self.health.detail = "rebalancing"
+        try:
+            self.checkpoint()
+        except Exception:  # noqa: BLE001 - membership may be lost; the next owner restores from the changelog
+            log.exception("checkpoint on revocation failed; uncommitted work will be redone by the next owner")
+            self.producer.abort()
+
+    def _on_assigned(self, tps) -> None:
+        t0 = self.clock.monotonic()
+        new = {tp.partition for tp in tps}
+        gone = self._owned - new
+        if gone:
+            self._forget_partitions(gone)
+        gained = sorted(new - self._owned)
+        restored = 0
+        if gained:
+            records = self.changelog.restore(gained)
+            if records:
+                keys, state = decode_keys(records)
+                fresh = [i for i, k in enumerate(keys) if k not in self.pipeline.keys]
+                if len(fresh) < len(keys):
+                    keys, state = _subset(keys, state, fresh)
+                if keys:
+                    self.pipeline.restore_keys(keys, state, partitioned_time=True)
+                restored = len(keys)
+        self._owned = new
+        dt = self.clock.monotonic() - t0
+        self.metrics.restore_seconds.observe(dt)
+        self.metrics.restored_keys.inc(restored)
+        self.metrics.keys.set(len(self.pipeline.keys))
+        self.health.ready = True
+        self.health.detail = f"ready: {len(new)} partitions, {len(self.pipeline.keys)} keys"
+        log.info("partitions assigned: %s; restored %d keys in %.3fs", _fmt(tps), restored, dt,
+                 extra={"keys": restored, "duration_s": round(dt, 3)})
+
+    def _forget_partitions(self, partitions: set[int]) -> None:
+        pipe = self.pipeline
+        items = list(pipe.keys.items())
+        if not items:
+            return
+        slots = np.array([s for _, s in items], np.int64)
+        kparts = np.array([self.part.topic_partition(int(p)).partition for p in pipe.windower.key_part[slots].tolist()])
+        moved = [k for (k, _), p in zip(items, kparts.tolist()) if p in partitions]
+        pipe.forget_keys(moved)
+        log.info("forgot %d keys of moved partitions %s", len(moved), sorted(partitions))
+
+    # -- models, metrics ------------------------------------------------------------------
+    def _check_models(self, force: bool = False) -> None:
+        if self.watcher is None:
+            return
+        now = self.clock.monotonic()
+        if not force and now - self._last_registry_check < self.cfg.registry.poll_s:
+            return
+        self._last_registry_check = now
+        for name in self.watcher.check():
+            self.metrics.model_swaps.labels(model=name).inc()
+        for name, m in self.pipeline.models.items():
+            self.metrics.model_version.labels(model=name, version=m.version).set(1)
+
+    def _update_counters(self) -> None:
+        st, seen, m = self.pipeline.stats, self._seen, self.metrics
+        m.records_in.inc(st.records_in - seen["records"])
+        m.records_skipped.inc(st.records_skipped - seen["skipped"])
+        m.windows_closed.inc(st.windows_closed - seen["windows"])
+        m.forecasts_out.inc(st.forecasts_out - seen["forecasts"])
+        seen.update(records=st.records_in, skipped=st.records_skipped, windows=st.windows_closed,
+                    forecasts=st.forecasts_out)
+        if st.dead_letters != seen["dead"]:
+            for reason, n in st.dead_by_reason.items():
+                prev = seen.get(f"dead:{reason}", 0)
+                if n > prev:
+                    m.dead_letters.labels(reason=reason).inc(n - prev)
+                    seen[f"dead:{reason}"] = n
+            seen["dead"] = st.dead_letters
+
+    def _update_lag(self) -> None:
+        self._last_lag = self.clock.monotonic()
+        try:
+            for tp, lag in self.part.lag().items():
+                if lag is not None:
+                    self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+        except Exception:  # noqa: BLE001 - metrics must never stop the stream
+            log.debug("lag update failed", exc_info=True)
+
+
+def _subset(keys, state, idx):
+    """Restrict a decoded snapshot to some of its keys."""
+    idx_arr = np.asarray(idx, np.int64)
+    remap = {int(o): i for i, o in enumerate(idx)}
+    out = {}
+    owner = state["windower/cell_owner"]
+    keep_cells = np.isin(owner, idx_arr)
+    for name, arr in state.items():
+        if name == "windower/cell_owner":
+            out[name] = np.array([remap[int(o)] for o in owner[keep_cells].tolist()], np.int64)
+        elif name in ("windower/cell_wid", "windower/cell_stats"):
+            out[name] = arr[keep_cells]
+        else:
+            out[name] = arr[idx_arr]
+    return [keys[i] for i in idx], out
+
+
+def _fmt(tps) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)) or "none"
+
+
+def install_signal_handlers(stop: threading.Event, deadline_s: float) -> None:
+    """SIGTERM/SIGINT: stop polling, then flush, checkpoint, commit, leave the group.
+
+    A watchdog ends the process if a clean shutdown takes longer than the deadline.
+    """
+    import signal
+
+    def handler(signum, frame):
+        if stop.is_set():
+            return
+        log.info("signal %d: shutting down (deadline %.0fs)", signum, deadline_s)
+        stop.set()
+        t = threading.Timer(deadline_s, _deadline_passed)
+        t.daemon = True
+        t.start()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _deadline_passed() -> None:
+    log.error("shutdown deadline passed; exiting without a clean leave")
+    logging.shutdown()
+    os._exit(3)

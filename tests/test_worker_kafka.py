@@ -1,0 +1,257 @@
+"""The stream worker against a real Kafka-API broker (Tansu): no mocks of Kafka.
+
+Properties: live equals replay; SIGKILL at several points loses nothing and
+every copy of a forecast is identical; a rebalance moves keys with their state;
+bad records go to the dead-letter topic and change no valid forecast; SIGTERM
+exits 0 in time and the next start resumes with no gap and no duplicate.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from kafka_worker_util import (
+    feed_frame, forecast_table, free_port, kill, metric, read_forecasts, read_raw, replay_table,
+    start_worker, wait_for, write_worker_config,
+)
+from streamseq import config as config_mod
+from streamseq.backtest import run_backtest
+from streamseq.synthetic import generate
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+H = 3600 * 10**9
+
+WINDOWING = {"interval": "1h", "agg": "mean", "allowed_lateness": "0s", "gap": "ffill"}
+FORECAST = {"horizon": 6, "season": 24, "models": ["gru", "seasonal_naive", "naive"], "ensemble": True}
+
+
+def topics(broker, name):
+    return {k: broker.unique_topic(f"{name}-{k}") for k in ("obs", "forecasts", "dlq", "changelog")}
+
+
+def replay_of(tmp_path, df, key_col, time_col, value_cols, windowing, forecast) -> dict:
+    path = tmp_path / "input.parquet"
+    df.write_parquet(path)
+    cfg = config_mod.from_dict({
+        "source": {"files": [str(path)], "key_col": key_col, "time_col": time_col, "value_cols": value_cols},
+        "windowing": windowing, "forecast": forecast, "rnn": {"learn": False, "hidden": 16},
+    })
+    run_backtest(cfg, tmp_path / "replay", progress=False, report=False)
+    return replay_table(tmp_path / "replay" / "forecasts.parquet")
+
+
+def assert_live_matches_replay(live: dict, replay: dict, n_keys: int, n_models: int):
+    """Every live forecast equals the replay's; the replay has at most the final windows more."""
+    assert live, "no forecasts were published"
+    for k, copies in live.items():
+        assert all(c == copies[0] for c in copies), f"copies of {k} differ"
+        assert k in replay, f"live forecast {k} is not in the replay"
+        assert copies[0] == replay[k], f"live forecast {k} differs from the replay"
+    missing = set(replay) - set(live)
+    # Replay closes every key's last window at end of file; a live stream keeps it open.
+    assert len(missing) <= 2 * n_keys * n_models, len(missing)
+    last = {}
+    for key, origin, model in replay:
+        last[key] = max(last.get(key, 0), origin)
+    assert all(origin >= last[key] - 2 * H for key, origin, _ in missing)
+
+
+def synthetic(keys, windows, seed=0):
+    return generate(keys, windows, seed=seed, irregular=False).with_columns(pl.col("key").cast(pl.String))
+
+
+def test_live_equals_replay_and_any_client_can_read_the_topic(kafka_broker, tmp_path):
+    t = topics(kafka_broker, "live")
+    df = pl.read_csv(ROOT / "replay_data" / "parking.csv", try_parse_dates=True).filter(
+        pl.col("LastUpdated") < pl.datetime(2016, 10, 20))
+    df = df.with_columns(pl.col("LastUpdated").dt.replace_time_zone("UTC"))
+    windowing = {"interval": "1h", "agg": "mean", "allowed_lateness": "0s", "gap": "skip"}
+    forecast = {"horizon": 9, "season": 9, "models": ["gru", "lstm", "holt_winters", "seasonal_naive", "naive"],
+                "ensemble": True}
+    n = feed_frame(kafka_broker, t["obs"], df, "SystemCodeNumber", "LastUpdated", ["Occupancy"])
+    assert n == df.height
+    cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
+                              dlq=t["dlq"], changelog=t["changelog"], group="g-live", value_fields=["Occupancy"],
+                              windowing=windowing, forecast=forecast)
+    proc = start_worker(cfg, tmp_path / "w.log")
+    assert proc.wait(timeout=240) == 0, (tmp_path / "w.log").read_text()[-3000:]
+
+    live = forecast_table(read_forecasts(kafka_broker, t["forecasts"]))
+    replay = replay_of(tmp_path, df, "SystemCodeNumber", "LastUpdated", ["Occupancy"], windowing, forecast)
+    assert_live_matches_replay(live, replay, df["SystemCodeNumber"].n_unique(), 6)
+
+    # An independent client (librdkafka) reads the same messages, and each one validates against the schema.
+    import jsonschema
+    from confluent_kafka import Consumer, TopicPartition
+
+    from streamseq.forecast_json import SCHEMA_PATH
+
+    schema = json.loads(Path(SCHEMA_PATH).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    c = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": "independent", "enable.auto.commit": False})
+    meta = c.list_topics(t["forecasts"], timeout=10)
+    c.assign([TopicPartition(t["forecasts"], p, 0) for p in meta.topics[t["forecasts"]].partitions])
+    seen, idle = 0, time.monotonic()
+    while time.monotonic() - idle < 3:
+        msg = c.poll(0.2)
+        if msg is None or msg.error():
+            continue
+        idle = time.monotonic()
+        doc = json.loads(msg.value())
+        validator.validate(doc)
+        assert msg.key().decode() == doc["key"]
+        seen += 1
+    c.close()
+    assert seen == sum(len(v) for v in live.values())
+
+
+def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path):
+    t = topics(kafka_broker, "crash")
+    df = synthetic(100, 500)
+    assert df.height >= 50_000
+    feed_frame(kafka_broker, t["obs"], df, "key", "ts", ["value"])
+    port = free_port()
+    cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
+                              dlq=t["dlq"], changelog=t["changelog"], group="g-crash", value_fields=["value"],
+                              windowing=WINDOWING, forecast=FORECAST, http_port=port)
+    log = tmp_path / "w.log"
+    for threshold in (6_000, 9_000, 12_000):
+        proc = start_worker(cfg, log, idle_s=None)
+        reached = wait_for(lambda: (metric(port, "streamseq_records_in") or 0) >= threshold, 120)
+        assert reached, log.read_text()[-3000:]
+        kill(proc, signal.SIGKILL)
+    proc = start_worker(cfg, log)
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+
+    live = forecast_table(read_forecasts(kafka_broker, t["forecasts"]))
+    replay = replay_of(tmp_path, df, "key", "ts", ["value"], WINDOWING, FORECAST)
+    assert_live_matches_replay(live, replay, 100, 4)
+    assert any(len(c) > 1 for c in live.values()), "the kills should have caused redelivery"
+
+
+def test_exactly_once_mode_survives_sigkill(kafka_broker, tmp_path):
+    """Transactions: Tansu leaves aborted records visible (KAFKA.md), so copies may exist; they must be identical."""
+    t = topics(kafka_broker, "eos")
+    df = synthetic(40, 300, seed=1)
+    feed_frame(kafka_broker, t["obs"], df, "key", "ts", ["value"])
+    port = free_port()
+    cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
+                              dlq=t["dlq"], changelog=t["changelog"], group="g-eos", value_fields=["value"],
+                              windowing=WINDOWING, forecast=FORECAST, http_port=port, exactly_once=True)
+    log = tmp_path / "w.log"
+    proc = start_worker(cfg, log, idle_s=None)
+    assert wait_for(lambda: (metric(port, "streamseq_records_in") or 0) >= 5_000, 120), log.read_text()[-3000:]
+    kill(proc, signal.SIGKILL)
+    proc = start_worker(cfg, log)
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    live = forecast_table(read_forecasts(kafka_broker, t["forecasts"]))
+    replay = replay_of(tmp_path, df, "key", "ts", ["value"], WINDOWING, FORECAST)
+    assert_live_matches_replay(live, replay, 40, 4)
+
+
+def test_rebalance_moves_keys_with_their_state(kafka_broker, tmp_path):
+    t = topics(kafka_broker, "rebal")
+    df = synthetic(40, 300, seed=2)
+    half = df.filter(pl.col("ts") < df["ts"].min() + pl.duration(hours=150))
+    rest = df.filter(pl.col("ts") >= df["ts"].min() + pl.duration(hours=150))
+    pa, pb = free_port(), free_port()
+    common = dict(obs=t["obs"], forecasts=t["forecasts"], dlq=t["dlq"], changelog=t["changelog"], group="g-rebal",
+                  value_fields=["value"], windowing=WINDOWING, forecast=FORECAST)
+    cfg_a = write_worker_config(tmp_path / "a.toml", kafka_broker, http_port=pa, **common)
+    cfg_b = write_worker_config(tmp_path / "b.toml", kafka_broker, http_port=pb, **common)
+    feed_frame(kafka_broker, t["obs"], half, "key", "ts", ["value"])
+    a = start_worker(cfg_a, tmp_path / "a.log", idle_s=None)
+    b = start_worker(cfg_b, tmp_path / "b.log", idle_s=None)
+    both = lambda: (metric(pa, "streamseq_keys") or 0) > 0 and (metric(pb, "streamseq_keys") or 0) > 0  # noqa: E731
+    assert wait_for(both, 120), (tmp_path / "a.log").read_text()[-2000:] + (tmp_path / "b.log").read_text()[-2000:]
+    done = lambda: (metric(pa, "streamseq_records_in") or 0) + (metric(pb, "streamseq_records_in") or 0) >= half.height  # noqa: E731
+    assert wait_for(done, 120)
+    assert kill(b, signal.SIGTERM) == 0  # graceful leave: A takes over B's partitions
+    restored_before = metric(pa, "streamseq_restored_keys") or 0
+    feed_frame(kafka_broker, t["obs"], rest, "key", "ts", ["value"])
+    assert wait_for(lambda: (metric(pa, "streamseq_restored_keys") or 0) > restored_before, 120), \
+        (tmp_path / "a.log").read_text()[-3000:]
+    assert wait_for(lambda: (metric(pa, "streamseq_records_in") or 0) + 0 >= 1, 10)
+    time.sleep(1)
+    assert wait_for(lambda: metric(pa, "streamseq_consumer_lag") in (0.0, None), 120)
+    kill(a, signal.SIGTERM)
+    live = forecast_table(read_forecasts(kafka_broker, t["forecasts"]))
+    replay = replay_of(tmp_path, df, "key", "ts", ["value"], WINDOWING, FORECAST)
+    assert_live_matches_replay(live, replay, 40, 4)
+    assert all(len(c) == 1 for c in live.values()), "graceful handover must not duplicate"
+
+
+def test_bad_records_go_to_the_dead_letter_topic_and_change_nothing(kafka_broker, tmp_path):
+    from kafka import KafkaProducer
+
+    t = topics(kafka_broker, "bad")
+    df = synthetic(20, 120, seed=3)
+    feed_frame(kafka_broker, t["obs"], df.head(0), "key", "ts", ["value"])  # creates the topic
+    rng = np.random.default_rng(0)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, max_request_size=2_000_000, linger_ms=5)
+    kinds = ["bad json", "missing field", "nan", "string number", "huge", "far time", "duplicate", "not object"]
+    bad_sent = 0
+    rows = df.with_columns(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%.fZ").alias("iso")).iter_rows(named=True)
+    for row in rows:
+        key = row["key"].encode()
+        good = json.dumps({"key": row["key"], "ts": row["iso"], "value": row["value"]}).encode()
+        producer.send(t["obs"], good, key=key)
+        if bad_sent < 1000 and rng.random() < 0.45:
+            kind = kinds[bad_sent % len(kinds)]
+            bad = {
+                "bad json": b'{"key": "' + key + b'", "ts": ',
+                "missing field": json.dumps({"key": row["key"], "value": 1.0}).encode(),
+                "nan": b'{"key": "' + key + b'", "ts": "' + row["iso"].encode() + b'", "value": NaN}',
+                "string number": json.dumps({"key": row["key"], "ts": row["iso"], "value": "12.5"}).encode(),
+                "huge": json.dumps({"key": row["key"], "ts": row["iso"], "value": 1.0, "pad": "x" * 1_000_001}).encode(),
+                "far time": json.dumps({"key": row["key"], "ts": "2999-01-01T00:00:00Z", "value": 1.0}).encode(),
+                "duplicate": good,
+                "not object": b"[1, 2, 3]",
+            }[kind]
+            producer.send(t["obs"], bad, key=key)
+            bad_sent += 1
+    producer.flush()
+    producer.close()
+    assert bad_sent == 1000
+    cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
+                              dlq=t["dlq"], changelog=t["changelog"], group="g-bad", value_fields=["value"],
+                              windowing=WINDOWING, forecast=FORECAST)
+    proc = start_worker(cfg, tmp_path / "w.log")
+    assert proc.wait(timeout=240) == 0, (tmp_path / "w.log").read_text()[-3000:]
+    dead = [json.loads(v) for _, v in read_raw(kafka_broker, t["dlq"])]
+    assert len(dead) == 1000
+    assert all(d["reason"] and d["source"] == t["obs"] and d["offset"] >= 0 for d in dead)
+    reasons = {d["reason"].split(":")[0] for d in dead}
+    assert len(reasons) >= 5, reasons
+    live = forecast_table(read_forecasts(kafka_broker, t["forecasts"]))
+    replay = replay_of(tmp_path, df, "key", "ts", ["value"], WINDOWING, FORECAST)
+    assert_live_matches_replay(live, replay, 20, 4)
+
+
+def test_sigterm_exits_zero_in_time_and_resumes_without_gap_or_duplicate(kafka_broker, tmp_path):
+    t = topics(kafka_broker, "term")
+    df = synthetic(50, 300, seed=4)
+    feed_frame(kafka_broker, t["obs"], df, "key", "ts", ["value"])
+    port = free_port()
+    cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
+                              dlq=t["dlq"], changelog=t["changelog"], group="g-term", value_fields=["value"],
+                              windowing=WINDOWING, forecast=FORECAST, http_port=port)
+    log = tmp_path / "w.log"
+    proc = start_worker(cfg, log, idle_s=None)
+    assert wait_for(lambda: (metric(port, "streamseq_records_in") or 0) >= 4_000, 120), log.read_text()[-3000:]
+    t0 = time.monotonic()
+    assert kill(proc, signal.SIGTERM, timeout_s=25) == 0
+    assert time.monotonic() - t0 < 20
+    proc = start_worker(cfg, log)
+    assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
+    live = forecast_table(read_forecasts(kafka_broker, t["forecasts"]))
+    replay = replay_of(tmp_path, df, "key", "ts", ["value"], WINDOWING, FORECAST)
+    assert_live_matches_replay(live, replay, 50, 4)
+    assert all(len(c) == 1 for c in live.values()), "a clean stop must not cause redelivery"
