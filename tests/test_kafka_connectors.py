@@ -31,6 +31,7 @@ from connectors.kafka import (
     ensure_topics,
     feed,
     iter_forecasts,
+    parse_iso_times,
     read_forecasts_frame,
 )
 from streamseq.errors import ConfigError
@@ -38,7 +39,8 @@ from streamseq.forecast_json import decode_forecast, load_schema
 from streamseq.io import MemoryPartition
 from streamseq.records import DeadLetter, ForecastBatch, ObservationBatch
 
-pytestmark = [pytest.mark.kafka, pytest.mark.timeout(60)]
+pytestmark = pytest.mark.timeout(60)
+kafka = pytest.mark.kafka
 
 T0_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 HOUR = 3600 * 10**9
@@ -101,6 +103,7 @@ def obs(key: str, i: int, **fields) -> tuple[bytes, bytes]:
 
 # --- source -------------------------------------------------------------------------
 
+@kafka
 def test_source_yields_observations_in_partition_order(settings, unique_topic):
     topic = unique_topic("obs")
     ensure_topics(settings, [TopicSpec(topic, 3)])
@@ -140,6 +143,7 @@ def test_source_yields_observations_in_partition_order(settings, unique_topic):
         part.close()
 
 
+@kafka
 def test_bad_messages_become_dead_letters(settings, unique_topic):
     topic = unique_topic("bad")
     ensure_topics(settings, [TopicSpec(topic, 1)])
@@ -210,6 +214,7 @@ def test_bad_messages_become_dead_letters(settings, unique_topic):
     assert "42" in set(batch.keys) and 2.5 in set(batch.values[:, 0])
 
 
+@kafka
 def test_commit_then_new_member_resumes_without_gap_or_duplicate(settings, unique_topic):
     topic = unique_topic("resume")
     ensure_topics(settings, [TopicSpec(topic, 2)])
@@ -239,6 +244,7 @@ def test_commit_then_new_member_resumes_without_gap_or_duplicate(settings, uniqu
         assert offsets == list(range(len(offsets)))
 
 
+@kafka
 def test_rebalance_callbacks_commit_on_revoke_and_split_partitions(settings, unique_topic):
     """A second member joins while data flows: the first gives up partitions, committing in on_revoked.
 
@@ -302,6 +308,7 @@ def test_rebalance_callbacks_commit_on_revoke_and_split_partitions(settings, uni
     assert len(assignments[0]) == len(assignments[1]) == 2
 
 
+@kafka
 def test_resume_state_overrides_committed_offsets(settings, unique_topic):
     topic = unique_topic("snap")
     ensure_topics(settings, [TopicSpec(topic, 1)])
@@ -329,6 +336,7 @@ def forecast_batch(n: int, origin_h: int, horizon: int = 3, interval: bool = Tru
     )
 
 
+@kafka
 def test_forecast_sink_is_readable_by_confluent_kafka(settings, kafka_broker, unique_topic):
     topic = unique_topic("forecasts")
     ensure_topics(settings, [TopicSpec(topic, 3)])
@@ -370,6 +378,7 @@ def test_forecast_sink_is_readable_by_confluent_kafka(settings, kafka_broker, un
     assert {f.key for f in only} == {"sensor-2"} and len(only) == 3
 
 
+@kafka
 def test_dead_letter_sink_keeps_reason_position_and_payload(settings, unique_topic):
     topic = unique_topic("dead")
     ensure_topics(settings, [TopicSpec(topic, 1)])
@@ -397,6 +406,7 @@ def test_dead_letter_sink_keeps_reason_position_and_payload(settings, unique_top
 
 # --- changelog ----------------------------------------------------------------------
 
+@kafka
 def test_changelog_restore_keeps_latest_and_honours_tombstones(settings, unique_topic):
     topic = unique_topic("state")
     ensure_topics(settings, [changelog_spec(topic, 2)])
@@ -423,6 +433,7 @@ def test_changelog_restore_keeps_latest_and_honours_tombstones(settings, unique_
 
 # --- transactions -------------------------------------------------------------------
 
+@kafka
 def test_transactional_produce_and_offsets_commit_atomically(settings, unique_topic):
     topic, out = unique_topic("tx-in"), unique_topic("tx-out")
     ensure_topics(settings, [TopicSpec(topic, 1), TopicSpec(out, 1)])
@@ -469,6 +480,7 @@ def test_transactional_produce_and_offsets_commit_atomically(settings, unique_to
 
 # --- admin and feed -----------------------------------------------------------------
 
+@kafka
 def test_ensure_topics_is_idempotent_and_checks_partition_counts(settings, unique_topic):
     a, b = unique_topic("topic-a"), unique_topic("changelog-b")
     specs = [TopicSpec(a, 3), changelog_spec(b, 3)]
@@ -478,6 +490,7 @@ def test_ensure_topics_is_idempotent_and_checks_partition_counts(settings, uniqu
         ensure_topics(settings, [TopicSpec(a, 5)])
 
 
+@kafka
 def test_feed_produces_keyed_messages_in_order(settings, unique_topic):
     topic = unique_topic("feed")
     ensure_topics(settings, [TopicSpec(topic, 4)])
@@ -515,7 +528,25 @@ def test_feed_produces_keyed_messages_in_order(settings, unique_topic):
         np.testing.assert_array_equal(decoded.ts[decoded.keys == key], fed.ts[fed.keys == key])
 
 
-# --- settings (no broker needed) ----------------------------------------------------
+# --- no broker needed --------------------------------------------------------------
+
+def test_iso_times_fast_and_slow_paths_agree():
+    texts = ["2024-01-01T00:00:00Z", "2024-01-01T00:00:00.123456789Z", "2024-01-01T02:00:00+02:00",
+             "2024-01-01 00:00:00", "2024-01-01", "2024-01-01Z", "yesterday", "todayZ", "2024-13-01T00:00:00Z",
+             "2300-01-01T00:00:00Z", "NaTZ", ""]
+    t0 = T0_MS * 10**6
+    expected_ok = [True] * 6 + [False, False, False, True, False, False]
+    for batch in (texts, texts[:2], [texts[1]] * 3 + [texts[2]]):  # all fast, mixed, mostly fast
+        ns, ok = parse_iso_times(batch)
+        assert ok.tolist() == [expected_ok[texts.index(t)] for t in batch]
+        want = {texts[0]: t0, texts[1]: t0 + 123456789, texts[2]: t0, texts[3]: t0, texts[4]: t0, texts[5]: t0}
+        for t, v, good in zip(batch, ns.tolist(), ok):
+            if t in want:
+                assert v == want[t], t
+    ns, ok = parse_iso_times(["2300-01-01T00:00:00Z"])
+    assert ok[0] and not (0 <= ns[0] < 7_289_654_400 * 10**9)  # readable, but out of range
+
+
 
 def test_settings_defaults_kwargs_and_masked_password():
     s = KafkaSettings()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+from operator import itemgetter
 import threading
 import warnings
 from datetime import datetime, timezone
@@ -29,7 +30,12 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import orjson
 from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+try:  # kafka-python >= 3: listeners run on the client's IO thread
+    from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+except ImportError:  # kafka-python 2.x: they run inside poll() on the caller's thread
+    AsyncConsumerRebalanceListener = None
 from kafka.errors import IllegalStateError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -129,7 +135,8 @@ class KafkaPartition(SourcePartition):
         self._on_lost: RebalanceCallback | None = None
         self._listener_error: BaseException | None = None
         self._consumer = KafkaConsumer(**source.settings.consumer_kwargs())
-        self._consumer.subscribe(self._topics, listener=_RebalanceBridge(self))
+        keep_completed_joins(self._consumer)
+        self._consumer.subscribe(self._topics, listener=_make_listener(self))
 
     # --- reading ------------------------------------------------------------------
 
@@ -274,7 +281,35 @@ class KafkaPartition(SourcePartition):
                 self._positions.pop(tp, None)
 
 
-class _RebalanceBridge(AsyncConsumerRebalanceListener):
+def _make_listener(part: "KafkaPartition"):
+    if AsyncConsumerRebalanceListener is None or not hasattr(part._consumer, "_net"):
+        return _InlineListener(part)  # kafka-python 2.x: listeners already run on the polling thread
+    return _RebalanceBridge(part)
+
+
+class _InlineListener(ConsumerRebalanceListener):
+    def __init__(self, part: "KafkaPartition"):
+        self._part = part
+
+    def _call(self, fn, tps) -> None:
+        if tps:
+            try:
+                fn(sorted(tps))
+            except BaseException as e:
+                self._part._listener_error = e
+                raise
+
+    def on_partitions_assigned(self, assigned):
+        self._call(self._part._assigned, assigned)
+
+    def on_partitions_revoked(self, revoked):
+        self._call(lambda tps: self._part._revoked(tps, lost=False), revoked)
+
+    def on_partitions_lost(self, lost):
+        self._call(lambda tps: self._part._revoked(tps, lost=True), lost)
+
+
+class _RebalanceBridge(AsyncConsumerRebalanceListener or object):
     """Runs the partition's callbacks on a helper thread and awaits them without blocking the IO loop.
 
     kafka-python 3 calls rebalance listeners on its IO thread, where a blocking
@@ -317,6 +352,44 @@ class _RebalanceBridge(AsyncConsumerRebalanceListener):
             raise errors[0]
 
 
+def keep_completed_joins(consumer: KafkaConsumer) -> bool:
+    """Work around kafka-python 3.0.x discarding a group join that completed between two polls.
+
+    ``join_group_async`` starts a NEW JoinGroup when the previous join task is
+    done but nobody awaited its result (the poll that started it had timed
+    out), throwing the assignment away. Each loss costs a full rebalance (~3 s
+    on Tansu, more on Kafka), and members polled in turn can keep each other
+    rebalancing for a long time. This keeps the result of a completed, unused join and
+    hands it to the next attempt while the generation it belongs to is still
+    current; the broker still validates that generation on every heartbeat and
+    commit. Returns False (and changes nothing) on a kafka-python without
+    these internals.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    names = ("_do_join_and_sync_async", "_on_join_complete_async", "_generation")
+    if coordinator is None or not all(hasattr(coordinator, n) for n in names):
+        return False
+    join, complete = coordinator._do_join_and_sync_async, coordinator._on_join_complete_async
+    unused: dict = {}
+
+    async def join_and_sync():
+        if unused and unused["generation"] is coordinator._generation:
+            log.debug("using a completed group join that kafka-python would have discarded")
+            return unused.pop("assignment")
+        unused.clear()
+        assignment = await join()
+        unused.update(assignment=assignment, generation=coordinator._generation)
+        return assignment
+
+    async def on_join_complete(*args, **kwargs):
+        unused.clear()
+        return await complete(*args, **kwargs)
+
+    coordinator._do_join_and_sync_async = join_and_sync
+    coordinator._on_join_complete_async = on_join_complete
+    return True
+
+
 def _parse_tp(text: str | TopicPartition) -> TopicPartition:
     if isinstance(text, TopicPartition):
         return text
@@ -349,6 +422,7 @@ class JsonObservationDecoder:
         loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
         key_field, time_field, fields = self.key_field, self.time_field, self.value_fields
         max_bytes = self.max_record_bytes
+        get_values, single = itemgetter(*fields), len(fields) == 1
         letters: list[DeadLetter] = []
         keys: list[str] = []
         flat: list[float] = []
@@ -415,7 +489,13 @@ class JsonObservationDecoder:
                     else:
                         dead(r, f"bad_time: field {time_field!r} is {tt.__name__}", k)
                     continue
-                row = [obj.get(f) for f in fields]
+                try:
+                    row = get_values(obj)
+                except KeyError as e:
+                    dead(r, f"missing_value: no field {e.args[0]!r}", k)
+                    continue
+                if single:
+                    row = (row,)
                 for x in row:
                     if type(x) is not float and type(x) is not int:
                         row = _coerce_row(row, fields)
@@ -529,6 +609,38 @@ def parse_iso_times(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     >>> ns.tolist(), ok.tolist()
     ([1500000000, 0, 0], [True, True, False])
     """
+    n = len(texts)
+    ns = np.zeros(n, dtype=np.int64)
+    ok = np.zeros(n, dtype=bool)
+    if n == 0:
+        return ns, ok
+    arr = np.array(texts)
+    fast = np.strings.endswith(arr, "Z") & (np.strings.slice(arr, 4, 5) == "-") & \
+        ((np.strings.slice(arr, 10, 11) == "T") | (np.strings.str_len(arr) == 11))
+    if fast.any():
+        try:  # RFC 3339 in UTC, the usual case: numpy parses them all in C
+            subset = arr[fast]
+            years = np.strings.slice(subset, 0, 4).astype(np.int64)
+            if years.min() < 1969 or years.max() > 2201:  # datetime64[ns] wraps outside 1678..2262
+                raise ValueError("year outside 1969..2201")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                parsed = np.strings.slice(subset, 0, -1).astype("datetime64[ns]").view(np.int64)
+        except ValueError:
+            fast[:] = False
+        else:
+            ns[fast] = parsed
+            ok[fast] = parsed != np.iinfo(np.int64).min  # NaT
+            if fast.all():
+                return np.where(ok, ns, 0), ok
+    rest = np.flatnonzero(~fast)
+    rest_ns, rest_ok = _parse_iso_slow([texts[i] for i in rest])
+    ns[rest], ok[rest] = rest_ns, rest_ok
+    return np.where(ok, ns, 0), ok
+
+
+def _parse_iso_slow(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """One regex per string: offsets, date-only, space separator, odd years; then one numpy parse."""
     n = len(texts)
     naive = [""] * n
     offsets = np.zeros(n, dtype=np.int64)
