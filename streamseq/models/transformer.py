@@ -124,13 +124,23 @@ class EncoderBlock(nn.Module):
         self.ff = nn.Sequential(nn.Linear(d, config.ff), nn.GELU(), nn.Linear(config.ff, d))
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, keep: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """h: (B, L, d) -> (B, L, d); with ``last_only`` -> (B, 1, d), the newest position only (same values)."""
         B, L, d = h.shape
-        q, k, v = self.qkv(self.ln1(h)).split(d, dim=2)  # 3 × (B, L, d)
-        q, k, v = (t.view(B, L, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, L, hd)
+        nh, hd = self.heads, d // self.heads
+        x = self.ln1(h)
+        if last_only:  # queries, residual and feed-forward of the newest window only; keys/values of all
+            k, v = (x @ self.qkv.weight[d:].T + self.qkv.bias[d:]).split(d, dim=2)  # 2 × (B, L, d)
+            q = x[:, -1:] @ self.qkv.weight[:d].T + self.qkv.bias[:d]  # (B, 1, d)
+            h = h[:, -1:]
+        else:
+            q, k, v = self.qkv(x).split(d, dim=2)  # 3 × (B, L, d)
+        Lq = q.shape[1]
+        q = q.view(B, Lq, nh, hd).transpose(1, 2)  # (B, nh, Lq, hd)
+        k, v = (t.view(B, L, nh, hd).transpose(1, 2) for t in (k, v))  # (B, nh, L, hd)
         p = self.dropout if self.training else 0.0
-        a = Fn.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p)  # (B, nh, L, hd)
-        h = h + self.drop(self.proj(a.transpose(1, 2).reshape(B, L, d)))
+        a = Fn.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p)  # (B, nh, Lq, hd)
+        h = h + self.drop(self.proj(a.transpose(1, 2).reshape(B, Lq, d)))
         return h + self.drop(self.ff(self.ln2(h)))
 
 
@@ -152,8 +162,9 @@ class TransformerNet(nn.Module):
         pad[:, -1] = False  # the newest window is always real (guards an empty context)
         h = self.inp(torch.nan_to_num(x, nan=0.0)) + self.pos[-x.shape[1]:]  # (B, L, d)
         keep = ~pad[:, None, None, :]  # (B, 1, 1, L): attend to real windows only
-        for block in self.blocks:
-            h = block(h, keep)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            h = block(h, keep, last_only=i == last)  # only the newest position feeds the head
         return self.head(self.norm(h[:, -1]))  # (B, H)
 
 
