@@ -32,7 +32,7 @@ from streamseq.forecast_json import encode_forecasts
 from streamseq.io import DeadLetterSink, ForecastSink
 from streamseq.records import DeadLetter, ForecastBatch
 
-from .settings import KafkaSettings
+from .settings import KafkaSettings, warn_if_pure_python_crc
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class KafkaProducerHandle:
         self._in_transaction = False
         self._fenced: BaseException | None = None
         self._closed = False
+        warn_if_pure_python_crc()
         self._producer = KafkaProducer(**settings.producer_kwargs())
         if self.transactional:
             self._guard(self._producer.init_transactions)  # fences older instances, aborts their open transaction

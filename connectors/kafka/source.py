@@ -43,7 +43,7 @@ from streamseq.errors import ConfigError
 from streamseq.io import Source, SourcePartition
 from streamseq.records import DeadLetter, ObservationBatch
 
-from .settings import KafkaSettings
+from .settings import KafkaSettings, warn_if_pure_python_crc
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ class KafkaPartition(SourcePartition):
         self._on_revoked: RebalanceCallback | None = None
         self._on_lost: RebalanceCallback | None = None
         self._listener_error: BaseException | None = None
+        warn_if_pure_python_crc()
         self._consumer = KafkaConsumer(**source.settings.consumer_kwargs())
         keep_completed_joins(self._consumer)
         self._consumer.subscribe(self._topics, listener=_make_listener(self))
