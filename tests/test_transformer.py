@@ -37,16 +37,37 @@ def test_untrained_is_about_naive():
     assert np.all(np.abs(f - last[:, None]) < 0.2 * scale[:, None])
 
 
-def test_forecast_is_pure_and_batch_invariant():
-    m = TransformerForecaster(SMALL)
-    slots = feed(m)
-    snap = m.snapshot(slots)
-    full = m.forecast(slots)
-    assert np.array_equal(full, m.forecast(slots))
-    for sub in (slots[:1], slots[3:9], slots[::-1][:20], slots[[5, 2, 33]]):
-        assert np.array_equal(m.forecast(sub), full[sub])  # bitwise: independent of the other keys in the call
-    after = m.snapshot(slots)
-    assert all(np.array_equal(snap[k], after[k]) for k in snap)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_forecast_is_pure_and_batch_invariant(threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        m = TransformerForecaster(SMALL)
+        slots = feed(m, n_keys=150)
+        snap = m.snapshot(slots)
+        full = m.forecast(slots)
+        assert np.array_equal(full, m.forecast(slots))
+        rng = np.random.default_rng(threads)
+        for n in (1, 6, 20, 63, 64, 65, 129):
+            sub = rng.permutation(slots)[:n]
+            assert np.array_equal(m.forecast(sub), full[sub]), n  # bitwise: whatever keys share the call
+        after = m.snapshot(slots)
+        assert all(np.array_equal(snap[k], after[k]) for k in snap)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_last_block_shortcut_is_exact():
+    net = init_net(SMALL).eval()
+    x = torch.randn(10, 8, 3)
+    x[:3, :5] = float("nan")
+    with torch.no_grad():
+        pad = torch.isnan(x[..., 0])
+        h = net.inp(torch.nan_to_num(x)) + net.pos
+        for block in net.blocks:
+            h = block(h, ~pad[:, None, None, :])
+        ref = net.head(net.norm(h[:, -1]))
+        assert torch.allclose(net(x), ref, atol=1e-5)
 
 
 def test_short_history_is_padded_and_masked():

@@ -46,9 +46,11 @@ from torch.nn import functional as Fn
 from ..keyspace import grow
 from .base import BatchForecaster
 
-# Below ~12 rows BLAS switches kernels; padding the batch keeps each key's
-# forecast bitwise independent of which other keys share its step (as rnn.py).
-MIN_ROWS = 16
+# BLAS picks kernels by matrix shape, so a key's forecast could depend on how
+# many keys share its step. Every encoder call has the same shape (CHUNK keys,
+# zero-padded): forecasts are bitwise independent of the batch, so replay and
+# live give the same bytes.
+CHUNK = 64
 CLIP = 10.0  # normalised inputs are clipped to ±CLIP (as rnn.py)
 
 
@@ -139,7 +141,12 @@ class EncoderBlock(nn.Module):
         q = q.view(B, Lq, nh, hd).transpose(1, 2)  # (B, nh, Lq, hd)
         k, v = (t.view(B, L, nh, hd).transpose(1, 2) for t in (k, v))  # (B, nh, L, hd)
         p = self.dropout if self.training else 0.0
-        a = Fn.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p)  # (B, nh, Lq, hd)
+        if last_only:  # one query: plain softmax attention (SDPA's one-query CPU path depends on the batch layout)
+            w = (q @ k.transpose(-1, -2)) * hd**-0.5  # (B, nh, 1, L)
+            w = Fn.dropout(w.masked_fill(~keep, float("-inf")).softmax(-1), p, self.training)
+            a = w @ v  # (B, nh, 1, hd)
+        else:
+            a = Fn.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p)  # (B, nh, L, hd)
         h = h + self.drop(self.proj(a.transpose(1, 2).reshape(B, Lq, d)))
         return h + self.drop(self.ff(self.ln2(h)))
 
@@ -228,12 +235,11 @@ class TransformerForecaster(BatchForecaster):
             return np.zeros((0, self.horizon))
         slots = np.ascontiguousarray(slots)
         x = self.contexts(slots)
+        n = x.shape[0]
+        x = torch.cat([x, x.new_zeros((-n % CHUNK, *x.shape[1:]))])  # (k * CHUNK, L, F+1)
         self.net.eval()
         with torch.no_grad():
-            n = x.shape[0]
-            if n < MIN_ROWS:
-                x = torch.cat([x, x.new_zeros((MIN_ROWS - n, *x.shape[1:]))])
-            out = self.net(x)[:n].double().numpy()  # (n, H)
+            out = torch.cat([self.net(c) for c in x.split(CHUNK)])[:n].double().numpy()  # (n, H)
         base = self._ctx[slots, -1, 0].double().numpy()[:, None]
         return base + self._scale(slots)[:, 0:1] * out
 
