@@ -56,6 +56,20 @@ class RegistryError(StreamseqError):
     """A registry operation cannot be done (unknown version, nothing to roll back to)."""
 
 
+# Settings an artifact must share with the model it replaces (the rest only affect training).
+SHAPE_KEYS = {
+    "transformer": ("context", "d_model", "heads", "layers", "ff", "horizon", "n_features"),
+    "rnn": ("cell", "hidden", "horizon", "n_features", "target", "normalize"),
+}
+
+
+def mismatch(artifact_params: dict, running_params: dict, kind: str) -> str | None:
+    """Why an artifact cannot replace a running model with these params (None if it can)."""
+    diffs = [f"{k} {artifact_params.get(k)!r} != {running_params.get(k)!r}"
+             for k in SHAPE_KEYS.get(kind, ()) if artifact_params.get(k) != running_params.get(k)]
+    return ", ".join(diffs) or None
+
+
 def artifact_config(name: str, params) -> dict:
     """The config.json payload of a model: its kind and the parameters that rebuild it."""
     if name not in KINDS:
@@ -209,8 +223,12 @@ class ModelRegistry:
                 rows.append({"name": n, "version": v, "promoted": v == current, **meta})
         return rows
 
-    def load(self, name: str, version: str) -> tuple[dict, dict, dict]:
-        """(state_dict, config, meta) of a version, checked; ArtifactError if anything is off."""
+    def load(self, name: str, version: str, expect: dict | None = None) -> tuple[dict, dict, dict]:
+        """(state_dict, config, meta) of a version, checked; ArtifactError if anything is off.
+
+        ``expect``: the params of the running model; an artifact whose shapes differ
+        is refused before any weights are read or any network is built.
+        """
         where = self.path / name / version
         if not _VERSION.match(version) or not where.is_dir():
             raise ArtifactError(f"{where}: no such model version")
@@ -227,6 +245,10 @@ class ModelRegistry:
         params = config.get("params") if isinstance(config.get("params"), dict) else {}
         if name in ("gru", "lstm") and params.get("cell") != name:
             raise ArtifactError(f"{where}: config cell {params.get('cell')!r} is not {name}")
+        if expect is not None:
+            why = mismatch(params, expect, config["kind"])
+            if why:
+                raise ArtifactError(f"{where}: does not fit the running model: {why}")
         state_dict = self._load_weights(where, meta)
         net = build_net(config)
         try:
@@ -287,4 +309,4 @@ def _read_json(p: Path) -> dict:
     return obj
 
 
-__all__ = ["ModelRegistry", "RegistryError", "artifact_config", "build_net"]
+__all__ = ["ModelRegistry", "RegistryError", "artifact_config", "build_net", "mismatch"]

@@ -30,7 +30,7 @@ from .records import ForecastBatch, WindowBatch
 from .registry import ModelRegistry
 from .store import WindowStore
 from .timeutil import iso
-from .trainer import TRAINABLE, RetrainSchedule, Trainer, TrainerProcess, mismatch
+from .trainer import TRAINABLE, RetrainSchedule, Trainer, TrainerProcess
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,9 @@ class ModelWatcher:
             if version is None or version == self.current[name] or self.refused.get(name) == version:
                 continue
             try:
-                state_dict, config, _ = self.registry.load(name, version)
-                why = mismatch(config["params"], self.pipeline.models[name].config_dict(), config["kind"])
-                if why:
-                    raise ArtifactError(f"{name} {version} does not fit the running model: {why}")
+                state_dict, _, _ = self.registry.load(name, version, expect=self.pipeline.models[name].config_dict())
                 swap_weights(self.pipeline, name, state_dict, version)
-            except ArtifactError as exc:
+            except Exception as exc:  # ArtifactError, or an I/O error on a shared volume: keep the model in service
                 self._refuse(name, version, exc)
                 continue
             log.info("hot swap: %s %s -> %s", name, self.current[name], version)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -41,28 +41,14 @@ from torch import nn
 from .config import Config
 from .errors import ArtifactError, ConfigError
 from .models.rnn import RNNConfig, RNNNet
-from .models.transformer import TransformerConfig, TransformerNet, init_net, transformer_config
-from .registry import ModelRegistry, artifact_config, build_net
+from .models.transformer import TransformerConfig, init_net, transformer_config
+from .registry import ModelRegistry, artifact_config, build_net, mismatch  # noqa: F401 (re-exported)
 from .store import TrainingSet, WindowStore
 from .timeutil import iso, parse_duration
 
 log = logging.getLogger(__name__)
 
 TRAINABLE = ("transformer", "gru", "lstm")
-# Settings an artifact must share with the model it replaces (the rest only affect training).
-SHAPE_KEYS = {
-    "transformer": ("context", "d_model", "heads", "layers", "ff", "horizon", "n_features"),
-    "rnn": ("cell", "hidden", "horizon", "n_features", "target", "normalize"),
-}
-
-
-def mismatch(artifact_params: dict, running_params: dict, kind: str) -> str | None:
-    """Why an artifact cannot replace a running model of this config (None if it can)."""
-    diffs = [f"{k} {artifact_params.get(k)!r} != {running_params.get(k)!r}"
-             for k in SHAPE_KEYS[kind] if artifact_params.get(k) != running_params.get(k)]
-    return ", ".join(diffs) or None
-
-
 # -- nets on samples ------------------------------------------------------------
 def rnn_forward(net: RNNNet, x: torch.Tensor) -> torch.Tensor:
     """(B, R, F+1) contexts, NaN rows = padding -> (B, H): the cell from a zero state, as a hot swap's rewarm."""
@@ -279,16 +265,12 @@ class Trainer:
             try:
                 version = self.registry.promoted(name)
                 if version is not None:
-                    sd, config, _ = self.registry.load(name, version)
-                    why = mismatch(config["params"], artifact_config(name, self.model_params(name))["params"],
-                                   config["kind"])
-                    if why is None:
-                        net = build_net(config)
-                        net.load_state_dict(sd)
-                        return net.eval(), version
-                    log.warning("promoted %s %s does not fit the configured model (%s); comparing with the init",
-                                name, version, why)
-            except ArtifactError as exc:
+                    expect = artifact_config(name, self.model_params(name))["params"]
+                    sd, config, _ = self.registry.load(name, version, expect=expect)
+                    net = build_net(config)
+                    net.load_state_dict(sd)
+                    return net.eval(), version
+            except ArtifactError as exc:  # corrupt, or built for another configuration
                 log.warning("promoted %s cannot be loaded (%s); comparing with the init", name, exc)
         return self.init_net(name).eval(), "init"
 
