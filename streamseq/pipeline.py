@@ -11,6 +11,7 @@ Only the source and the sinks differ between replay and live.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +26,7 @@ from .timeutil import iso
 from .windowing import NO_WID, ClosedWindows, WindowSpec, Windower
 
 ENSEMBLE = "ensemble"
+log = logging.getLogger("streamseq.pipeline")
 
 
 @dataclass
@@ -314,12 +316,19 @@ class Pipeline:
         self._last_ts[slots] = state["pipeline/last_ts"]
         self._last_vals[slots] = state["pipeline/last_vals"]
         self.windower.restore(slots, _component(state, "windower/"), partitioned_time)
-        for name, m in self.models.items():
-            part = _component(state, f"model.{name}/")
-            m.restore(slots, part) if part else m.reset(slots)
-        for name, c in self.calibrators.items():
-            part = _component(state, f"calib.{name}/")
-            c.restore(slots, part) if part else c.reset(slots)
+        for kind, items in (("model", self.models), ("calib", self.calibrators)):
+            for name, comp in items.items():
+                part = _component(state, f"{kind}.{name}/")
+                if not part:
+                    comp.reset(slots)
+                    continue
+                try:
+                    comp.restore(slots, part)
+                except (ValueError, KeyError, RuntimeError, IndexError) as exc:
+                    # State written by a differently configured model (e.g. another hidden size):
+                    # start these keys afresh for this component rather than stop the stream.
+                    log.warning("state of %s %s does not fit (%s); %d keys start afresh", kind, name, exc, len(slots))
+                    comp.reset(slots)
 
     def forget_keys(self, keys: list[str]) -> None:
         """Drop keys whose partition moved to another worker."""

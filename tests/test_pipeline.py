@@ -168,3 +168,16 @@ def test_exact_duplicates_are_dead_letters_and_do_not_change_windows():
     assert dead.letters[0].reason.startswith("duplicate record")
     first = [x for x in sink.batches if x.model == "naive" and "a" in x.keys.tolist()][0]
     assert first.mean[list(first.keys).index("a"), 0] == 2.0  # mean of 1 and 3: the duplicate is not counted
+
+
+def test_state_from_a_differently_configured_model_resets_instead_of_failing():
+    df = stream(keys=3, windows=40)
+    a, _, _ = pipeline(models=("gru", "naive"), hidden=16, learn=False)
+    run(a, frame_batches(df, 100))
+    keys = sorted(k for k, _ in a.keys.items())
+    state = a.snapshot_keys(keys)
+    b, sink, _ = pipeline(models=("gru", "naive"), hidden=32, learn=False)
+    b.restore_keys(keys, state, partitioned_time=False)
+    slot = b.keys.get(keys[0])
+    assert b.models["gru"]._n[slot] == 0  # reset: the hidden sizes differ
+    assert b.models["naive"]._last[slot] == a.models["naive"]._last[a.keys.get(keys[0])]  # restored
