@@ -19,6 +19,7 @@ def kafka_broker():
         yield broker
     finally:
         broker.stop()
+        broker.remove_logs()
 
 
 @pytest.fixture

@@ -568,6 +568,6 @@ def test_settings_defaults_kwargs_and_masked_password():
     with pytest.raises(ConfigError, match="sasl_pasword"):
         KafkaSettings.from_dict({"sasl_pasword": "x"})
     with pytest.raises(ConfigError, match="transactional_id"):
-        KafkaSettings.from_dict({"exactly_once": True})
+        KafkaSettings.from_dict({"exactly_once": True}).producer_kwargs()
     with pytest.raises(ConfigError, match="group_id"):
         KafkaSource(KafkaSettings(), ["t"], key_field=None, time_field="ts", value_fields=["v"])

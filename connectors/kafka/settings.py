@@ -59,7 +59,7 @@ class KafkaSettings:
     batch_size: int = 16_384
     acks: int | str = "all"  # idempotence and transactions need "all"
     exactly_once: bool = False  # transactional producer; offsets committed in the transaction
-    transactional_id: str | None = None  # required with exactly_once: stable and unique per worker
+    transactional_id: str | None = None  # needed by the producer with exactly_once: stable, unique per worker
     transaction_timeout_ms: int = 60_000
     isolation_level: str | None = None  # None: read_committed with exactly_once, else read_uncommitted
     request_timeout_ms: int = 30_000
@@ -112,9 +112,7 @@ class KafkaSettings:
         need(self.auto_offset_reset in _OFFSET_RESETS, "auto_offset_reset", f"one of {_OFFSET_RESETS}")
         need(self.isolation_level is None or self.isolation_level in _ISOLATION_LEVELS,
              "isolation_level", f"one of {_ISOLATION_LEVELS} or null")
-        if self.exactly_once:
-            need(bool(self.transactional_id), "transactional_id",
-                 "a stable id, unique per worker, when exactly_once is true")
+        if self.exactly_once:  # transactional_id is checked when a producer is made: it may be derived later
             need(self.acks in ("all", -1), "acks", "'all' when exactly_once is true")
 
     # --- kafka-python keyword arguments -----------------------------------------
@@ -180,6 +178,9 @@ class KafkaSettings:
             enable_idempotence=self.idempotent,
         )
         if self.exactly_once:
+            if not self.transactional_id:
+                raise ConfigError("kafka.transactional_id",
+                                  "a stable id, unique per worker, when exactly_once is true, got None")
             kw["transactional_id"] = self.transactional_id
             kw["transaction_timeout_ms"] = self.transaction_timeout_ms
         return kw
