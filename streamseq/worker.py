@@ -53,6 +53,7 @@ class StreamWorker:
         self.watcher = watcher
         pipeline.add_sink(transport.forecast_sink)
         pipeline.add_dead_letter_sink(transport.dead_letter_sink)
+        pipeline.add_dead_letter_sink(LoggedDeadLetters(self.clock))
         self.part.set_rebalance_listener(self._on_assigned, self._on_revoked)
         self._owned: set[int] = set()  # source partitions whose keys this worker holds
         self._since_checkpoint = 0
@@ -220,6 +221,37 @@ class StreamWorker:
                     self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
         except Exception:  # noqa: BLE001 - metrics must never stop the stream
             log.debug("lag update failed", exc_info=True)
+
+
+class LoggedDeadLetters:
+    """Every data error is logged with key, topic, partition and offset (at most ``burst`` per ``period_s``)."""
+
+    def __init__(self, clock, burst: int = 20, period_s: float = 10.0):
+        self.clock, self.burst, self.period_s = clock, burst, period_s
+        self._window_start = clock.monotonic()
+        self._logged = 0
+        self._suppressed = 0
+
+    def write(self, letters) -> None:
+        now = self.clock.monotonic()
+        if now - self._window_start >= self.period_s:
+            if self._suppressed:
+                log.warning("%d more data errors in the last %.0fs (see the dead-letter topic)",
+                            self._suppressed, self.period_s)
+            self._window_start, self._logged, self._suppressed = now, 0, 0
+        for dl in letters:
+            if self._logged >= self.burst:
+                self._suppressed += 1
+                continue
+            self._logged += 1
+            log.warning("data error: %s", dl.reason,
+                        extra={"key": dl.key, "topic": dl.source, "partition": dl.partition, "offset": dl.offset})
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _subset(keys, state, idx):
