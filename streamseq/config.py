@@ -73,6 +73,7 @@ class ForecastConfig:
 class RNNSection:
     hidden: int = 64
     tbptt: int = 8
+    learn_every: int = 1  # a learning step every s windows per key (TBPTT(k, s)); s = tbptt trains each origin once
     lr: float = 0.002
     optimizer: str = "adam"
     learn: bool = True

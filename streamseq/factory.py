@@ -29,7 +29,7 @@ def rnn_config(cfg: Config, cell: str, n_features: int) -> RNNConfig:
     r = cfg.rnn
     return RNNConfig(
         cell=cell, hidden=r.hidden, horizon=cfg.forecast.horizon, n_features=n_features,
-        tbptt=r.tbptt, lr=r.lr, optimizer=r.optimizer, learn=r.learn,
+        tbptt=r.tbptt, learn_every=r.learn_every, lr=r.lr, optimizer=r.optimizer, learn=r.learn,
         norm_alpha=r.norm_alpha, target=r.target, seed=cfg.forecast.seed,
     )
 

@@ -148,3 +148,22 @@ def test_state_per_key_is_small():
     m = StatefulRNNForecaster(RNNConfig(hidden=64, horizon=24, tbptt=8))
     m.ensure_capacity(1)
     assert m.state_nbytes_per_key() <= 4096
+
+
+@pytest.mark.parametrize("learn_every", [1, 3])
+def test_h_lag_is_the_state_before_the_oldest_window_in_the_ring(learn_every):
+    """TBPTT(k, s) starts from h_lag: after an update it is the cell run over every window
+    before the NEXT ring's oldest one, whichever path (learning or not) the key took."""
+    rng = np.random.default_rng(8)
+    T = 70
+    xs = rng.normal(size=(T, 2))
+    m = make(learn=True, learn_every=learn_every, lr=0.0, normalize=False)  # lr 0: weights stay put
+    for t in range(T):
+        m.update(np.arange(2), xs[t][:, None], REAL(2))
+    R = m._R
+    with torch.no_grad():
+        h = torch.zeros(2, 16)
+        for t in range(T - R + 1):
+            h = m.net.step(torch.tensor(np.c_[xs[t], np.zeros(2)], dtype=torch.float32), h)
+    torch.testing.assert_close(m._h_lag[:2], h, rtol=1e-5, atol=1e-6)
+    assert np.isfinite(m.last_loss)

@@ -51,6 +51,8 @@ class RNNConfig:
     horizon: int = 24  # H, steps forecast directly
     n_features: int = 1  # window features; feature 0 is the target
     tbptt: int = 8  # k, windows of truncated BPTT per learning step
+    learn_every: int = 1  # s: each key takes a learning step every s windows (TBPTT(k, s)), staggered by key
+    max_learn_keys: int = 4096  # keys per optimiser step; bounds the training graph's memory
     lr: float = 1e-3
     optimizer: str = "adam"  # "adam" | "sgd"
     learn: bool = True  # online learning of the shared weights
@@ -154,27 +156,33 @@ class StatefulRNNForecaster(BatchForecaster):
             self._mean[rs] += a * delta
             self._var[rs] = (1 - a) * (self._var[rs] + a * delta * delta)
         row = torch.from_numpy(np.concatenate([x, filled[:, None].astype(np.float64)], axis=1)).float()
-        ring = self._ring[slots]
-        if c.learn and filled.any():
-            self._advance_lag(slots[filled], ring[torch.from_numpy(filled)], n[filled])
-        ring = torch.cat([ring[:, 1:], row[:, None, :]], dim=1)  # (n, R, F+1), newest last
+        ring = torch.cat([self._ring[slots][:, 1:], row[:, None, :]], dim=1)  # (n, R, F+1), newest last
         self._ring[slots] = ring
         self._n[slots] = n + 1
-        if c.learn and real.any():
-            # Gap-filled windows bring no new truth: no learning step for them.
-            self._learn(slots[real], ring[torch.from_numpy(real)] if not real.all() else ring)
+        if c.learn:
+            # A key learns on real windows, every learn_every-th one; gap-filled windows bring no
+            # new truth. Keys that do not learn now still move h_lag along with the ring.
+            due = real & (((n + 1) % c.learn_every) == 0) if c.learn_every > 1 else real.copy()
+            if not due.all():
+                rest = ~due
+                self._advance_lag(slots[rest], ring[torch.from_numpy(rest)], n[rest] + 1)
+            if due.any():
+                ds, dr = (slots, ring) if due.all() else (slots[due], ring[torch.from_numpy(due)])
+                for a in range(0, len(ds), c.max_learn_keys):
+                    self._learn(ds[a:a + c.max_learn_keys], dr[a:a + c.max_learn_keys])
         xin = self._normalise(slots, ring[:, -1:])[:, 0]
         self.net.eval()
         with torch.no_grad():
             self._h[slots] = _padded(self.net.step, xin, self._h[slots])
 
-    def _advance_lag(self, slots, ring_before, nseen) -> None:
-        """Keys that skip a learning step still move h_lag past the window leaving the ring."""
+    def _advance_lag(self, slots, ring, nseen) -> None:
+        """h_lag is the state just before the oldest window of the NEXT ring: step it past this
+        ring's oldest window (when the key has one). Keys that learn get this from _learn."""
         full = nseen >= self._R
         if not full.any():
             return
         slots = slots[full]
-        x0 = self._normalise(slots, ring_before[torch.from_numpy(full), :1])[:, 0]
+        x0 = self._normalise(slots, ring[torch.from_numpy(full), :1])[:, 0]
         self.net.eval()
         with torch.no_grad():
             self._h_lag[slots] = _padded(self.net.step, x0, self._h_lag[slots])
@@ -184,9 +192,11 @@ class StatefulRNNForecaster(BatchForecaster):
         k, H, R = c.tbptt, c.horizon, self._R
         nseen = self._n[slots]
         sel = nseen >= H + 1  # at least one fully resolved origin in the ring
-        if not sel.any():
-            return
         if not sel.all():
+            young = ~sel
+            self._advance_lag(slots[young], ring[torch.from_numpy(young)], nseen[young])
+            if not sel.any():
+                return
             slots, ring, nseen = slots[sel], ring[torch.from_numpy(sel)], nseen[sel]
         valid = torch.from_numpy(np.arange(R)[None, :] >= (R - nseen)[:, None])  # (n, R)
         xn = self._normalise(slots, ring)
@@ -201,6 +211,7 @@ class StatefulRNNForecaster(BatchForecaster):
             tgt = (y[:, idx] - mean_y) / scale_y
         mask = valid[:, :k, None] & ~fill[:, idx]  # (n, k, H)
         if not mask.any():
+            self._advance_lag(slots, ring, nseen)
             return
         self.net.train()
         state = self._h_lag[slots]
@@ -259,13 +270,10 @@ class StatefulRNNForecaster(BatchForecaster):
         self.net.eval()
         with torch.no_grad():
             state = torch.zeros(len(slots), self.net.state_size)
-            lag = state
             for i in range(R):
-                if i == R - self.config.horizon:
-                    lag = state  # state before the oldest window of the learning span
                 state = torch.where(valid[:, i, None], _padded(self.net.step, xn[:, i], state), state)
         self._h[slots] = state
-        self._h_lag[slots] = lag
+        self._h_lag[slots] = 0.0  # the state before the ring's oldest window: history beyond the ring is gone
 
     # -- per-key state ---------------------------------------------------------
     def snapshot(self, slots):
