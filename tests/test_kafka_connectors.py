@@ -431,6 +431,26 @@ def test_changelog_restore_keeps_latest_and_honours_tombstones(settings, unique_
         handle.close()
 
 
+@kafka
+def test_changelog_restore_is_bounded_by_an_open_transaction(settings, unique_topic):
+    """read_committed stops at another producer's open transaction: restore returns what is committed."""
+    topic = unique_topic("state-tx")
+    ensure_topics(settings, [changelog_spec(topic, 1)])
+    writer = KafkaProducerHandle(settings.replace(exactly_once=True, transactional_id=unique_topic("w")))
+    try:
+        store = ChangelogStore(writer, settings, topic)
+        store.write("a", 0, b"committed")
+        writer.commit({}, None)
+        store.write("a", 0, b"in flight")  # left open
+        writer.flush()
+        reader = ChangelogStore(writer, settings.replace(isolation_level="read_committed"), topic, idle_s=0.5)
+        started = time.monotonic()
+        assert reader.restore([0]) == {"a": b"committed"}
+        assert time.monotonic() - started < 5
+    finally:
+        writer.close()
+
+
 # --- transactions -------------------------------------------------------------------
 
 @kafka

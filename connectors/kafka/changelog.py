@@ -10,7 +10,15 @@ with ``changelog_spec``) and ``cleanup.policy=compact``.
 dropping tombstoned keys itself: Tansu accepts ``cleanup.policy=compact`` but
 never compacts, and on real Kafka the uncompacted head needs the same care.
 It stops when each partition's position reaches the highwater mark seen in a
-fetch (``end_offsets()`` is wrong on Tansu), or after ``idle_s`` without data.
+fetch (``end_offsets()`` is wrong on Tansu), or, below a known highwater, after
+``idle_s`` without data (a read_committed reader held back by another
+producer's open transaction).
+
+With ``exactly_once`` the restore reads ``read_committed``. Real Kafka then
+hides states written by aborted transactions; Tansu does not (it reports no
+aborted transactions), so there a restore can return the state a killed worker
+wrote in its last, aborted checkpoint: state may be ahead of the committed
+offsets, which is why each state carries its own source position.
 """
 from __future__ import annotations
 
@@ -89,7 +97,7 @@ class ChangelogStore:
         consumer.seek_to_beginning(*tps)
         state: dict[str, bytes] = {}
         pending = set(tps)
-        start = last_data = time.monotonic()
+        start = last_progress = time.monotonic()
         records_read = 0
         while pending:
             polled = consumer.poll(timeout_ms=100)
@@ -105,21 +113,24 @@ class ChangelogStore:
                     else:
                         state[key] = r.value
             if polled:
-                last_data = now
-            for tp in list(pending):
-                hw = consumer.highwater(tp)
-                if hw is not None and consumer.position(tp) >= hw:
+                last_progress = now
+            highwater = {tp: consumer.highwater(tp) for tp in pending}
+            for tp, hw in highwater.items():
+                if hw is not None and consumer.position(tp, timeout_ms=1000) >= hw:
                     pending.discard(tp)
             if not pending:
                 break
-            if now - last_data > self.idle_s:
-                log.warning("changelog %s: no data for %.1fs, highwater unknown for %s; treating as caught up",
-                            self.topic, self.idle_s, sorted(pending))
+            # Below a known highwater with nothing arriving: a read_committed reader blocked by an open
+            # transaction of another producer. An unknown highwater (no fetch answered yet) is never "caught up".
+            if all(hw is not None for hw in highwater.values()) and now - last_progress > self.idle_s:
+                log.warning("changelog %s: nothing readable for %.1fs below the highwater of %s "
+                            "(an open transaction?); restoring what was read", self.topic, self.idle_s,
+                            sorted(tp.partition for tp in pending))
                 break
             if now - start > self.restore_timeout_s:
                 raise RestoreError(
                     f"changelog {self.topic!r}: not caught up after {self.restore_timeout_s}s "
-                    f"({records_read} records read; behind on {sorted(pending)})"
+                    f"({records_read} records read; behind on {sorted(tp.partition for tp in pending)})"
                 )
         log.info("changelog %s: restored %d keys from %d records of partitions %s in %.2fs",
                  self.topic, len(state), records_read, [tp.partition for tp in tps], time.monotonic() - start)
