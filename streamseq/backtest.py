@@ -73,6 +73,12 @@ def run_backtest(cfg: Config, out_dir: str | os.PathLike, *, progress: bool | No
     dead = JsonlSink(str(dead_path))
     pipe.add_sink(sink)
     pipe.add_dead_letter_sink(dead)
+    retrainer = None
+    if cfg.trainer.every_windows > 0 or cfg.trainer.every:
+        # The trainer's schedule runs in event time: the backtest shows what retraining would have done live.
+        from .retrain import attach_retraining
+
+        retrainer = attach_retraining(pipe, cfg)
     bar = Progress(getattr(part, "total_rows", None), stream=stream, enabled=progress)
     t0 = time.perf_counter()
     try:
@@ -82,6 +88,8 @@ def run_backtest(cfg: Config, out_dir: str | os.PathLike, *, progress: bool | No
         sink.close()
         dead.close()
         part.close()
+        if retrainer is not None:
+            retrainer.close()
     elapsed = time.perf_counter() - t0
 
     forecasts = pl.read_parquet(out / "forecasts.parquet")
@@ -113,6 +121,11 @@ def run_backtest(cfg: Config, out_dir: str | os.PathLike, *, progress: bool | No
         "records/s": round(st.records_in / elapsed) if elapsed > 0 else 0,
         "windows/s": round(st.windows_closed / elapsed) if elapsed > 0 else 0,
     }
+    if retrainer is not None:
+        summary["retraining"] = "; ".join(
+            f"{e['model']} at {e['end']} ({e['reason']}): "
+            + (f"promoted {e['version']}" if e["accepted"] else f"rejected ({e.get('why', '')})")
+            for e in getattr(retrainer, "history", [])) or "scheduled, no run completed"
     if st.dead_by_reason:
         summary["dead letters by reason"] = ", ".join(f"{k}: {v}" for k, v in sorted(st.dead_by_reason.items()))
     if report:

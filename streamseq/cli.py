@@ -36,6 +36,8 @@ def _replay_args(p: argparse.ArgumentParser, files_required: bool = False) -> No
     p.add_argument("--start", help="first event time to replay (ISO)")
     p.add_argument("--end", help="replay up to this event time (ISO, exclusive)")
     p.add_argument("--no-learn", action="store_true", help="freeze the shared RNN weights (no online learning)")
+    p.add_argument("--retrain-every", type=int, metavar="WINDOWS",
+                   help="retrain (transformer, RNN refresh) every N new windows, in event time")
 
 
 def _config_from_args(a: argparse.Namespace):
@@ -63,6 +65,8 @@ def _config_from_args(a: argparse.Namespace):
         f.models = [m.strip() for m in a.models.split(",") if m.strip()]
     if getattr(a, "no_learn", False):
         cfg.rnn.learn = False
+    if getattr(a, "retrain_every", None):
+        cfg.trainer.every_windows = a.retrain_every
     config_mod.validate(cfg)
     return cfg
 
@@ -81,6 +85,8 @@ def _print_result(res) -> None:
     print(f"\n== {s['dataset']}: {s['keys']} keys, {s['records']:,} records, {s['windows closed']:,} windows, "
           f"{s['dead letters']:,} dead letters, {s['wall time (s)']} s ==")
     print(res.table)
+    if "retraining" in s:
+        print(f"retraining: {s['retraining']}")
     print(f"wrote {res.out_dir}/forecasts.parquet, metrics.csv, report.html"
           + (", dead_letter.jsonl" if s["dead letters"] else ""))
 

@@ -286,11 +286,15 @@ class Pipeline:
             s.flush()
 
     # -- per-key state ---------------------------------------------------------
-    def dirty_keys(self, clear: bool = True) -> list[str]:
+    def dirty_keys(self, clear: bool = False) -> list[str]:
+        """Keys touched since the last ``clear_dirty`` (the worker clears only after a commit succeeded)."""
         slots = np.flatnonzero(self._dirty)
         if clear:
             self._dirty[:] = False
         return self.keys.keys_of(slots).tolist()
+
+    def clear_dirty(self) -> None:
+        self._dirty[:] = False
 
     def snapshot_keys(self, keys: list[str]) -> dict[str, dict[str, np.ndarray]]:
         """Every component's state of these keys, as {component/field: array with one row per key}."""

@@ -125,6 +125,7 @@ class StreamWorker:
         owned = set(self.part.assignment())
         offsets = {tp: off for tp, off in self.part.position_offsets().items() if tp in owned}
         self.producer.commit(offsets, self.part)  # flushes the state, then 3. offsets (one transaction with exactly_once)
+        self.pipeline.clear_dirty()  # only now: a failed commit must write these keys again
         self.metrics.checkpoints.inc()
         self._since_checkpoint = 0
         self._last_checkpoint = self.clock.monotonic()
@@ -142,8 +143,20 @@ class StreamWorker:
         try:
             self.checkpoint()
         except Exception:  # noqa: BLE001 - membership may be lost; the next owner restores from the changelog
-            log.exception("checkpoint on revocation failed; uncommitted work will be redone by the next owner")
+            log.exception("checkpoint on revocation failed; rewinding to the last commit")
+            self.rewind()
+
+    def rewind(self) -> None:
+        """Drop everything since the last commit: abort, forget every key, and let the next
+        assignment restore state from the changelog and resume from the committed offsets."""
+        try:
             self.producer.abort()
+        except Exception:  # noqa: BLE001 - a fenced producer cannot abort; nothing was committed either way
+            log.exception("abort failed")
+        keys = [k for k, _ in self.pipeline.keys.items()]
+        self.pipeline.forget_keys(keys)
+        self._owned = set()
+        log.warning("rewound: %d keys will be restored from the changelog", len(keys))
 
     def _on_assigned(self, tps) -> None:
         t0 = self.clock.monotonic()

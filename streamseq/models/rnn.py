@@ -112,6 +112,7 @@ class StatefulRNNForecaster(BatchForecaster):
         self._n = np.zeros(0, np.int64)
         self._mean = np.zeros((0, F))
         self._var = np.zeros((0, F))
+        self._dvar = np.zeros(0)  # running variance of the target's change per window ("delta" units)
         self.last_loss = float("nan")
 
     def _make_optimizer(self):
@@ -128,6 +129,19 @@ class StatefulRNNForecaster(BatchForecaster):
         self._n = grow(self._n, capacity, 0)
         self._mean = grow(self._mean, capacity, 0.0)
         self._var = grow(self._var, capacity, 0.0)
+        self._dvar = grow(self._dvar, capacity, 0.0)
+
+    def _target_scale(self, slots) -> np.ndarray:
+        """(n, H) unit of the network's output per step.
+
+        "delta": a j-step change is about sqrt(j) one-window changes for a random walk and at
+        most about two level deviations for a seasonal series; "level": the level's std.
+        """
+        level = self._scale(slots)[:, :1]  # (n, 1)
+        if self.config.target == "delta":
+            steps = np.sqrt(np.arange(1, self.horizon + 1))[None, :]
+            return np.minimum(np.sqrt(self._dvar[slots])[:, None] * steps, 2.0 * level) + 1e-3 * level
+        return np.repeat(level, self.horizon, axis=1)
 
     def _scale(self, slots) -> np.ndarray:
         mean, var = self._mean[slots], self._var[slots]
@@ -155,6 +169,12 @@ class StatefulRNNForecaster(BatchForecaster):
             delta = x[real] - self._mean[rs]
             self._mean[rs] += a * delta
             self._var[rs] = (1 - a) * (self._var[rs] + a * delta * delta)
+        if real.any():
+            rs, nr = slots[real], n[real]
+            prev = self._ring[rs, -1, 0].double().numpy()
+            d = np.where(nr > 0, x[real, 0] - prev, 0.0)
+            a = np.where(nr > 0, np.maximum(1.0 / np.maximum(nr, 1), c.norm_alpha), 0.0)
+            self._dvar[rs] = (1 - a) * self._dvar[rs] + a * d * d
         row = torch.from_numpy(np.concatenate([x, filled[:, None].astype(np.float64)], axis=1)).float()
         ring = torch.cat([self._ring[slots][:, 1:], row[:, None, :]], dim=1)  # (n, R, F+1), newest last
         self._ring[slots] = ring
@@ -203,7 +223,7 @@ class StatefulRNNForecaster(BatchForecaster):
         y = ring[:, :, 0]
         fill = ring[:, :, -1] > 0.5
         idx = torch.arange(k)[:, None] + torch.arange(1, H + 1)[None, :]  # (k, H)
-        scale_y = torch.from_numpy(self._scale(slots)[:, 0]).float()[:, None, None]
+        scale_y = torch.from_numpy(self._target_scale(slots)).float()[:, None, :]  # (n, 1, H)
         if c.target == "delta":
             tgt = (y[:, idx] - y[:, :k, None]) / scale_y
         else:
@@ -239,7 +259,7 @@ class StatefulRNNForecaster(BatchForecaster):
         self.net.eval()
         with torch.no_grad():
             out = _padded(self.net.out, self._h[slots]).double().numpy()  # (n, H)
-        scale = self._scale(slots)[:, 0:1] if self.config.normalize else 1.0
+        scale = self._target_scale(slots) if self.config.normalize else 1.0
         if self.config.target == "delta":
             base = self._ring[slots, -1, 0].double().numpy()[:, None]
         else:
@@ -284,6 +304,7 @@ class StatefulRNNForecaster(BatchForecaster):
             "n": self._n[slots].copy(),
             "mean": self._mean[slots].copy(),
             "var": self._var[slots].copy(),
+            "dvar": self._dvar[slots].copy(),
         }
 
     def restore(self, slots, state):
@@ -293,6 +314,7 @@ class StatefulRNNForecaster(BatchForecaster):
         self._n[slots] = state["n"]
         self._mean[slots] = state["mean"]
         self._var[slots] = state["var"]
+        self._dvar[slots] = state["dvar"]
 
     def reset(self, slots):
         self._h[slots] = 0.0
@@ -301,6 +323,7 @@ class StatefulRNNForecaster(BatchForecaster):
         self._n[slots] = 0
         self._mean[slots] = 0.0
         self._var[slots] = 0.0
+        self._dvar[slots] = 0.0
 
     def config_dict(self) -> dict:
         return asdict(self.config)
