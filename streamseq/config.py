@@ -79,6 +79,7 @@ class RNNSection:
     learn: bool = True
     norm_alpha: float = 0.01
     target: str = "delta"
+    scale: str = "auto"  # output unit: level | change | auto (change for kind = "price", else level)
 
 
 @dataclass
@@ -333,6 +334,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("rnn.optimizer", f"'adam' or 'sgd', got {cfg.rnn.optimizer!r}")
     if cfg.rnn.target not in ("delta", "level"):
         raise ConfigError("rnn.target", f"'delta' or 'level', got {cfg.rnn.target!r}")
+    if cfg.rnn.scale not in ("auto", "level", "change"):
+        raise ConfigError("rnn.scale", f"auto, level or change, got {cfg.rnn.scale!r}")
+    if cfg.rnn.learn_every < 1:
+        raise ConfigError("rnn.learn_every", "a positive integer")
     if cfg.rnn.hidden < 1 or cfg.rnn.tbptt < 1:
         raise ConfigError("rnn.hidden" if cfg.rnn.hidden < 1 else "rnn.tbptt", "a positive integer")
     if cfg.source.time_unit not in ("s", "ms", "us", "ns"):

@@ -59,6 +59,7 @@ class RNNConfig:
     normalize: bool = True  # per-key running mean/std normalisation
     norm_alpha: float = 0.01  # floor of the running-statistics weight (adaptivity)
     target: str = "delta"  # "delta": change from the last value | "level"
+    scale: str = "level"  # unit of the output: "level" std, or "change": sqrt(j) one-window changes (prices)
     clip: float = 1.0  # gradient-norm clip
     seed: int = 0
 
@@ -138,7 +139,7 @@ class StatefulRNNForecaster(BatchForecaster):
         most about two level deviations for a seasonal series; "level": the level's std.
         """
         level = self._scale(slots)[:, :1]  # (n, 1)
-        if self.config.target == "delta":
+        if self.config.target == "delta" and self.config.scale == "change":
             steps = np.sqrt(np.arange(1, self.horizon + 1))[None, :]
             return np.minimum(np.sqrt(self._dvar[slots])[:, None] * steps, 2.0 * level) + 1e-3 * level
         return np.repeat(level, self.horizon, axis=1)
