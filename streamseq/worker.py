@@ -218,6 +218,7 @@ class StreamWorker:
         m.forecasts_out.inc(st.forecasts_out - seen["forecasts"])
         seen.update(records=st.records_in, skipped=st.records_skipped, windows=st.windows_closed,
                     forecasts=st.forecasts_out)
+        m.keys.set(len(self.pipeline.keys))
         if st.dead_letters != seen["dead"]:
             for reason, n in st.dead_by_reason.items():
                 prev = seen.get(f"dead:{reason}", 0)

@@ -158,6 +158,7 @@ def test_bad_messages_become_dead_letters(settings, unique_topic):
         "missing_value": orjson.dumps({"key": "s1", "ts": "2024-01-01T00:00:00Z"}),
         "non_numeric": orjson.dumps({**good, "temp": "warm"}),
         "non_numeric_bool": orjson.dumps({**good, "temp": True}),
+        "non_numeric_string": orjson.dumps({**good, "temp": "2.5"}),
         "non_finite": orjson.dumps({**good, "temp": "NaN"}),
         "non_finite_inf": orjson.dumps({**good, "temp": "-inf"}),
         "too_large": orjson.dumps({**good, "pad": "x" * 3000}),
@@ -175,7 +176,7 @@ def test_bad_messages_become_dead_letters(settings, unique_topic):
         orjson.dumps(good),
         orjson.dumps({**good, "ts": T0_MS + 1000}),  # epoch ms
         orjson.dumps({**good, "ts": T0_MS + 2000.5}),  # epoch ms, fractional
-        orjson.dumps({**good, "ts": "2024-01-01T01:00:03+01:00", "temp": "2.5"}),  # offset; numeric string
+        orjson.dumps({**good, "ts": "2024-01-01T01:00:03+01:00", "temp": 2.5}),  # offset
         orjson.dumps({**good, "ts": "2024-01-01T00:00:04.123456789Z", "key": 42}),  # ns; integer key
     ]
     messages = []
@@ -196,7 +197,8 @@ def test_bad_messages_become_dead_letters(settings, unique_topic):
     for n, (name, value) in enumerate(bad.items()):
         letter = by_offset[2 * n]
         assert letter.reason.startswith(name.split("_")[0]), (name, letter.reason)
-        expected_code = {"non_numeric_bool": "non_numeric", "non_finite_inf": "non_finite",
+        expected_code = {"non_numeric_bool": "non_numeric", "non_numeric_string": "non_numeric",
+                         "non_finite_inf": "non_finite",
                          "bad_time_month": "bad_time", "bad_time_type": "bad_time"}.get(name, name)
         if name.startswith("time_out_of_range"):
             expected_code = "time_out_of_range"

@@ -3,7 +3,7 @@
 Messages are JSON objects, e.g. ``{"key": "s1", "ts": "2024-01-01T00:00:00Z", "temp": 21.5}``.
 The series key is the message key (``key_field=None``) or a field; the event time
 is an RFC 3339 / ISO 8601 string (no offset = UTC) or an epoch number in
-``time_unit``; value fields are JSON numbers (numeric strings are accepted).
+``time_unit``; value fields are JSON numbers (a number sent as a string is a dead letter).
 Anything else becomes a DeadLetter with a reason and its topic, partition and
 offset; ``next_batch`` never raises on data.
 
@@ -587,7 +587,7 @@ class JsonObservationDecoder:
 
 
 def _coerce_row(row: list, fields: list[str]) -> list[float] | str:
-    """Slow path for a row with a non-number: numeric strings pass; else the dead-letter reason."""
+    """Slow path for a row with a non-number: the dead-letter reason (strings are never numbers)."""
     out = []
     for f, x in zip(fields, row):
         tx = type(x)
@@ -596,10 +596,14 @@ def _coerce_row(row: list, fields: list[str]) -> list[float] | str:
         elif x is None:
             return f"missing_value: no field {f!r}"
         elif tx is str:
+            # A number sent as a string is a producer bug: dead-letter it rather than guess.
             try:
-                out.append(float(x))
+                as_float = float(x)
             except ValueError:
                 return f"non_numeric: field {f!r} is {x[:40]!r}"
+            if not np.isfinite(as_float):
+                return f"non_finite: field {f!r} is {x[:40]!r}"
+            return f"non_numeric: field {f!r} is the string {x[:40]!r}, not a JSON number"
         else:
             return f"non_numeric: field {f!r} is {tx.__name__}"
     return out
