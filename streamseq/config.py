@@ -145,7 +145,8 @@ class TrainerConfig:
     warm_start: bool = True  # start from the weights in service rather than a fresh init
     rnn_epochs: int = 1  # passes of offline TBPTT when refreshing GRU/LSTM weights
     threads: int = 0  # torch threads of the trainer; 0 = half the cores (at least 1)
-    nice: int = 10  # scheduling niceness of a trainer process the worker starts
+    nice: int = 10  # niceness of the trainer process (when idle_priority is off or unavailable)
+    idle_priority: bool = True  # trainer under SCHED_IDLE (Linux): it only gets CPU time the stream leaves
 
 
 @dataclass

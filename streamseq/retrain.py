@@ -19,6 +19,7 @@ same seed gives the same forecasts.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 
@@ -119,6 +120,7 @@ class EventTimeRetrainer(ForecastSink):
         self.failures = 0
         self._fc: tuple[int, np.ndarray, np.ndarray] | None = None
         self._local = 0
+        self.temp_store: str | None = None  # a store folder attach_retraining made; removed by close()
 
     # -- live residuals -------------------------------------------------------------
     def write(self, batch: ForecastBatch) -> None:
@@ -139,6 +141,11 @@ class EventTimeRetrainer(ForecastSink):
         denom = float(np.abs(y).sum())
         if denom > 0 and self.schedule.observe_residual(float(np.abs(y - f1[i_f]).sum()) / denom):
             log.info("replay: drift in the residuals of %s at %s", self.watch, iso(target_end))
+
+    def close(self) -> None:
+        if self.temp_store is not None:
+            shutil.rmtree(self.temp_store, ignore_errors=True)
+            self.temp_store = None
 
     # -- schedule -----------------------------------------------------------------------
     def on_step(self, wid: int) -> None:
@@ -188,15 +195,21 @@ def attach_retraining(pipeline, cfg, store: WindowStore | None = None,
     after the current event time are never read). With a ``registry``,
     accepted candidates are also published and promoted there (a replay
     normally leaves it None: versions are then ``r0001``, ``r0002``, ...).
+    Call ``close()`` on the result after the run to remove a temporary store.
     """
+    temp = None
     if store is None:
-        store = WindowStore.from_config(cfg) if cfg.store.path else WindowStore(
-            tempfile.mkdtemp(prefix="streamseq-store-"), flush_rows=cfg.store.flush_rows)
+        if cfg.store.path:
+            store = WindowStore.from_config(cfg)
+        else:
+            temp = tempfile.mkdtemp(prefix="streamseq-store-")
+            store = WindowStore(temp, flush_rows=cfg.store.flush_rows)
     if store not in pipeline.window_sinks:
         pipeline.add_window_sink(store)
     trainer = Trainer(cfg, store, registry, n_features=pipeline.spec.n_features)
     trainer.models = [m for m in trainer.models if m in pipeline.models]
     retrainer = EventTimeRetrainer(pipeline, trainer, RetrainSchedule.from_config(cfg))
+    retrainer.temp_store = temp
     pipeline.add_sink(retrainer)
     previous = pipeline.on_step
     if previous is None:

@@ -440,24 +440,21 @@ def trainer_threads(cfg: Config) -> int:
     return cfg.trainer.threads or max(1, (os.cpu_count() or 2) // 2)
 
 
-def _process_main(cfg: Config, stop_event, nice: int) -> None:
-    if nice:
-        try:
-            os.nice(nice)  # the stream's batches come first
-        except OSError:
-            pass
+def run_trainer_process(cfg: Config, stop_event, priority: str = "normal") -> None:
+    """Body of the trainer process (its priority is lowered before torch is even imported: trainer_cli)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=cfg.logging.level, format="%(asctime)s trainer %(levelname)s %(message)s")
     from .factory import set_threads
 
     set_threads(trainer_threads(cfg))
+    log.info("trainer process: priority %s, %d torch threads", priority, trainer_threads(cfg))
     store = WindowStore.from_config(cfg)
     registry = ModelRegistry(cfg.resolve(cfg.registry.path))
     Trainer(cfg, store, registry).run_forever(stop_event)
 
 
 class TrainerProcess:
-    """The trainer in a child process (spawned: no torch state shared with the worker), lower priority.
+    """The trainer in a child process (spawned: no torch state shared with the worker), at idle priority.
 
     The worker starts it, keeps processing, and picks up promoted versions with
     ``retrain.ModelWatcher``; a crash of the trainer never reaches the worker.
@@ -473,9 +470,11 @@ class TrainerProcess:
     def start(self) -> None:
         import multiprocessing as mp
 
+        from .trainer_cli import trainer_process_main  # a light module: the child lowers its priority first
+
         ctx = mp.get_context("spawn")
         self._stop = ctx.Event()
-        self._proc = ctx.Process(target=_process_main, args=(self.cfg, self._stop, self.cfg.trainer.nice),
+        self._proc = ctx.Process(target=trainer_process_main, args=(self.cfg, self._stop),
                                  name="streamseq-trainer", daemon=True)
         self._proc.start()
 
@@ -494,5 +493,5 @@ class TrainerProcess:
         self._proc = None
 
 
-__all__ = ["Trainer", "TrainerProcess", "RetrainSchedule", "Candidate", "Outcome", "predict", "masked_mae",
+__all__ = ["Trainer", "TrainerProcess", "run_trainer_process", "RetrainSchedule", "Candidate", "Outcome", "predict", "masked_mae",
            "fit", "mismatch", "TRAINABLE"]

@@ -3,11 +3,38 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from datetime import datetime, timezone
 
 from .errors import ConfigError, StreamseqError
+
+
+def lower_priority(cfg) -> str:
+    """Make this (trainer) process yield the CPU to the stream: SCHED_IDLE where available, else nice."""
+    t = cfg.trainer
+    if t.idle_priority and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return "SCHED_IDLE"
+        except OSError:
+            pass
+    if t.nice:
+        try:
+            os.nice(t.nice)
+            return f"nice {t.nice}"
+        except OSError:
+            pass
+    return "normal"
+
+
+def trainer_process_main(cfg, stop_event) -> None:
+    """Entry of ``TrainerProcess``'s child: priority down before torch and polars load, then train on schedule."""
+    priority = lower_priority(cfg)
+    from .trainer import run_trainer_process
+
+    run_trainer_process(cfg, stop_event, priority)
 
 
 def register(subparsers) -> None:
@@ -55,6 +82,8 @@ def cmd_train(a) -> int:
         raise ConfigError("store.path", "a window store folder: the trainer trains on it")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=cfg.logging.level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not (a.once or cfg.trainer.once):
+        lower_priority(cfg)  # beside a worker on one machine, the stream comes first
     set_threads(trainer_threads(cfg))
     store = WindowStore.from_config(cfg)
     registry = ModelRegistry(cfg.resolve(cfg.registry.path))

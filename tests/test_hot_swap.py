@@ -153,6 +153,10 @@ def replay(cfg, batches):
     pipe.add_sink(sink)
     retrainer = attach_retraining(pipe, cfg)
     pipe.run(MemoryPartition(batches))
+    store = retrainer.trainer.store.path
+    assert store.is_dir()
+    retrainer.close()
+    assert not store.exists()
     return sink, retrainer
 
 

@@ -1,6 +1,7 @@
 """Trainer: training lowers held-out error, the gate rejects worse candidates, schedule, CLI, process."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -204,8 +205,14 @@ def test_trainer_process_promotes_without_the_caller_waiting(tmp_path):
     reg = ModelRegistry(tmp_path / "registry")
     try:
         deadline = time.monotonic() + 120
+        policies = set()
         while reg.promoted("transformer") is None and time.monotonic() < deadline and proc.alive:
+            try:
+                policies.add(os.sched_getscheduler(proc._proc.pid))
+            except OSError:
+                pass
             time.sleep(0.2)
+        assert os.SCHED_IDLE in policies, policies  # the stream comes first (set as the child starts)
     finally:
         proc.stop(timeout=20)
     assert reg.promoted("transformer") == "v0001" and not proc.alive
