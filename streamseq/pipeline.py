@@ -117,22 +117,22 @@ class Pipeline:
         partitioned = bool(getattr(part, "partitioned_time", False))
         self.stats.records_in += n
         slots = self.keys.slots(batch.keys)
+        apply = np.ones(n, bool)
         if partitioned:
-            # Idempotent apply: records already reflected in a restored state are skipped.
-            fresh = batch.offset > self._last_offset[slots]
-            if not fresh.all():
-                self.stats.records_skipped += int((~fresh).sum())
-                batch, slots = batch.take(np.flatnonzero(fresh)), slots[fresh]
-                if len(batch) == 0:
-                    return 0
+            # Idempotent apply: records already reflected in a restored state are not applied
+            # again, but they still move stream time at their place in the partition's order.
+            apply = batch.offset > self._last_offset[slots]
+            self.stats.records_skipped += int(n - apply.sum())
             np.maximum.at(self._last_offset, slots, batch.offset)
-        self._dirty[slots] = True
-        dup = self._duplicates(slots, batch)
-        if dup.any():
-            self._duplicate_letters(batch, dup, part)
-            keep = np.flatnonzero(~dup)
-            batch, slots = batch.take(keep), slots[keep]
-        closed, late, wm = self.windower.process(slots, batch.ts, batch.values, batch.partition, partitioned)
+        self._dirty[slots[apply]] = True
+        if apply.any():
+            idx = np.flatnonzero(apply)
+            dup = self._duplicates(slots[idx], batch.take(idx))
+            if dup.any():
+                self._duplicate_letters(batch.take(idx), dup, part)
+                apply[idx[dup]] = False
+        closed, late, wm = self.windower.process(slots, batch.ts, batch.values, batch.partition, partitioned,
+                                                 apply=apply)
         if late.any():
             self._late(batch, late, wm, part)
         return self._advance(closed)
@@ -163,8 +163,7 @@ class Pipeline:
             p = int(batch.partition[i])
             letters.append(DeadLetter(
                 reason="duplicate record: same key, time and values as the previous one",
-                source=part.describe(p) if part is not None and hasattr(part, "describe") else str(p),
-                partition=p, offset=int(batch.offset[i]),
+                source=_source(part, p)[0], partition=_source(part, p)[1], offset=int(batch.offset[i]),
                 payload=json.dumps({"key": batch.keys[i], "ts": iso(int(batch.ts[i])), "values": batch.values[i].tolist()}),
                 key=str(batch.keys[i]),
             ))
@@ -180,8 +179,7 @@ class Pipeline:
             p = int(batch.partition[i])
             letters.append(DeadLetter(
                 reason=f"too late: window ending {iso(end)} already closed (watermark {iso(int(wm[i]))})",
-                source=part.describe(p) if part is not None and hasattr(part, "describe") else str(p),
-                partition=p,
+                source=_source(part, p)[0], partition=_source(part, p)[1],
                 offset=int(batch.offset[i]),
                 payload=json.dumps({"key": batch.keys[i], "ts": iso(int(batch.ts[i])),
                                     "values": batch.values[i].tolist()}),
@@ -314,12 +312,22 @@ class Pipeline:
                 out[f"calib.{name}/{f}"] = arr
         return out
 
-    def restore_keys(self, keys: list[str], state: dict[str, np.ndarray], partitioned_time: bool = True) -> None:
+    def restore_keys(self, keys: list[str], state: dict[str, np.ndarray], partitioned_time: bool = True,
+                     committed: dict[int, int] | None = None) -> None:
+        """``committed``: next offset to read per partition id. A key whose state already reflects
+        records at or past it (written by a checkpoint whose commit did not happen) must not set
+        its partition's stream time, or other keys' windows would close before their redelivered
+        records are back."""
         slots = self.keys.slots(np.array(keys, dtype=object))
+        time_from = None
+        if committed is not None:
+            parts = state["windower/key_part"].tolist()
+            last = state["pipeline/last_offset"].tolist()
+            time_from = np.array([p in committed and o < committed[p] for p, o in zip(parts, last)], bool)
         self._last_offset[slots] = state["pipeline/last_offset"]
         self._last_ts[slots] = state["pipeline/last_ts"]
         self._last_vals[slots] = state["pipeline/last_vals"]
-        self.windower.restore(slots, _component(state, "windower/"), partitioned_time)
+        self.windower.restore(slots, _component(state, "windower/"), partitioned_time, time_from)
         for kind, items in (("model", self.models), ("calib", self.calibrators)):
             for name, comp in items.items():
                 part = _component(state, f"{kind}.{name}/")
@@ -349,6 +357,16 @@ class Pipeline:
         self._last_vals[slots] = np.nan
         self._dirty[slots] = False
         self.keys.forget(keys)
+
+
+def _source(part, pid: int) -> tuple[str, int]:
+    """(source name, partition) of a record: topic and Kafka partition, or file path and file index."""
+    if part is not None and hasattr(part, "topic_partition"):
+        tp = part.topic_partition(pid)
+        return tp.topic, tp.partition
+    if part is not None and hasattr(part, "describe"):
+        return part.describe(pid), pid
+    return str(pid), pid
 
 
 def _component(state: dict, prefix: str) -> dict:

@@ -146,8 +146,12 @@ class Windower:
         self.key_part = grow(self.key_part, cap, 0)
 
     # -- hot path ---------------------------------------------------------
-    def process(self, slots, ts, values, partition, partitioned_time: bool):
-        """Window a batch. Returns (closed windows, too-late mask over the batch, watermark per record)."""
+    def process(self, slots, ts, values, partition, partitioned_time: bool, apply: np.ndarray | None = None):
+        """Window a batch. Returns (closed windows, too-late mask over the batch, watermark per record).
+
+        Rows with ``apply`` False (already applied before a restore, or duplicates) move stream
+        time at their place in arrival order but are not aggregated nor judged late.
+        """
         spec = self.spec
         n = len(ts)
         if n == 0:
@@ -165,7 +169,11 @@ class Windower:
         wid = np.floor_divide(ts, spec.interval)
         wm = st - spec.allowed_lateness
         late = ((wid + 1) * spec.interval <= wm) | (wid <= self.last_wid[slots])
-        good = ~late
+        if apply is not None:
+            late &= apply
+            good = ~late & apply
+        else:
+            good = ~late
         g_slots = slots[good]
         np.maximum.at(self.max_ts, g_slots, ts[good])
         self.key_part[g_slots] = partition[good]
@@ -292,7 +300,10 @@ class Windower:
             "cell_stats": self.cell_stats[mask].copy(),
         }
 
-    def restore(self, slots: np.ndarray, state: dict[str, np.ndarray], partitioned_time: bool) -> None:
+    def restore(self, slots: np.ndarray, state: dict[str, np.ndarray], partitioned_time: bool,
+                time_from: np.ndarray | None = None) -> None:
+        """``time_from``: which keys may set their partition's stream time (keys whose state is not
+        ahead of the committed source position; default all)."""
         self.drop(slots)
         self.last_wid[slots] = state["last_wid"]
         self.last_feat[slots] = state["last_feat"]
@@ -302,8 +313,9 @@ class Windower:
             self.cell_slot = np.concatenate([self.cell_slot, slots[state["cell_owner"]]])
             self.cell_wid = np.concatenate([self.cell_wid, state["cell_wid"]])
             self.cell_stats = np.concatenate([self.cell_stats, state["cell_stats"]])
-        for p, t in zip(state["key_part"].tolist(), state["max_ts"].tolist()):
-            if t == NO_WID:
+        use = np.ones(len(slots), bool) if time_from is None else time_from
+        for p, t, ok in zip(state["key_part"].tolist(), state["max_ts"].tolist(), use.tolist()):
+            if t == NO_WID or not ok:
                 continue
             p = p if partitioned_time else 0
             self.stream_time[p] = max(self.stream_time.get(p, t), t)

@@ -174,7 +174,13 @@ class StreamWorker:
                 if len(fresh) < len(keys):
                     keys, state = _subset(keys, state, fresh)
                 if keys:
-                    self.pipeline.restore_keys(keys, state, partitioned_time=True)
+                    committed = {}
+                    for tp in tps:
+                        if tp.partition in gained:
+                            off = self.part.committed(tp)
+                            if off is not None:
+                                committed[self.part.partition_id(tp)] = int(off)
+                    self.pipeline.restore_keys(keys, state, partitioned_time=True, committed=committed)
                 restored = len(keys)
         self._owned = new
         dt = self.clock.monotonic() - t0

@@ -181,3 +181,40 @@ def test_state_from_a_differently_configured_model_resets_instead_of_failing():
     slot = b.keys.get(keys[0])
     assert b.models["gru"]._n[slot] == 0  # reset: the hidden sizes differ
     assert b.models["naive"]._last[slot] == a.models["naive"]._last[a.keys.get(keys[0])]  # restored
+
+
+def test_restore_after_an_interrupted_checkpoint_keeps_other_keys_windows_open():
+    """Key b's state was written by a checkpoint whose offset commit never happened (b is ahead).
+    Its later event time must not close key a's window before a's redelivered record is back."""
+    from streamseq.state_codec import decode_keys, encode_keys
+
+    class Part:
+        partitioned_time = True
+
+        def describe(self, p):
+            return f"obs[{p}]"
+
+    M = H // 60
+    first = obs(["a", "b"], [0, 0], [1.0, 10.0], partition=[0, 0], offset=[0, 1])
+    redelivered = obs(["a", "b"], [30 * M, 70 * M], [3.0, 20.0], partition=[0, 0], offset=[2, 3])
+    later = obs(["a", "b"], [130 * M, 130 * M], [5.0, 30.0], partition=[0, 0], offset=[4, 5])
+
+    before, _, _ = pipeline(models=("naive",))
+    before.process(first, Part())
+    at_commit = encode_keys(["a", "b"], before.snapshot_keys(["a", "b"]))  # committed offset: 2
+    before.process(redelivered, Part())
+    b_ahead = encode_keys(["b"], before.snapshot_keys(["b"]))  # written, but the commit never happened
+    keys, state = decode_keys({**at_commit, **b_ahead})
+
+    def resume(committed):
+        pipe, sink, dead = pipeline(models=("naive",))
+        pipe.restore_keys(keys, state, partitioned_time=True, committed=committed)
+        for b in (redelivered, later):
+            pipe.process(b, Part())
+        a_at_1h = [fb.mean[list(fb.keys).index("a"), 0] for fb in sink.batches if fb.origin == H and "a" in fb.keys]
+        return a_at_1h, dead.letters
+
+    a_at_1h, letters = resume({0: 2})
+    assert a_at_1h == [2.0] and not letters  # mean of 1 and 3: the redelivered record counted
+    a_at_1h, letters = resume(None)  # without the committed offset b's time would close a's window early
+    assert a_at_1h == [1.0] and letters[0].reason.startswith("too late")
