@@ -147,7 +147,17 @@ def main(argv=None) -> int:
     for name, lat in (("idle", idle), ("training in progress", training)):
         print(f"{name:<22} {len(lat):>7} {pct(lat, 50):>9.1f} {pct(lat, 99):>9.1f}")
     print(f"p99(training) / p99(idle) = {pct(training, 99) / pct(idle, 99):.2f}; "
-          f"p50 ratio {pct(training, 50) / pct(idle, 50):.2f}")
+          f"p50 ratio {pct(training, 50) / pct(idle, 50):.2f}  (pooled)")
+    # Per cycle, against the idle phases right before and after: robust to the load of a shared machine drifting.
+    tr = np.array(trace)
+    ratios = []
+    for c in range(a.cycles):
+        train_c = tr[(tr[:, 0] == 1) & (tr[:, 1] == c), 3]
+        idle_c = tr[(tr[:, 0] == 0) & ((tr[:, 1] == c) | (tr[:, 1] == c + 1)), 3]
+        ratios.append(pct(train_c, 99) / pct(idle_c, 99))
+        print(f"  cycle {c + 1}: p99 training {pct(train_c, 99):.1f} ms, adjacent idle {pct(idle_c, 99):.1f} ms, "
+              f"ratio {ratios[-1]:.2f}")
+    print(f"p99 ratio per cycle (vs adjacent idle): median {np.median(ratios):.2f}, max {max(ratios):.2f}")
     return 0
 
 
