@@ -28,7 +28,8 @@ def free_port() -> int:
 
 def write_worker_config(path: Path, broker, *, obs: str, forecasts: str, dlq: str, changelog: str,
                         group: str, value_fields, windowing: dict, forecast: dict, partitions: int = 4,
-                        exactly_once: bool = False, http_port: int = 0, extra: str = "") -> Path:
+                        exactly_once: bool = False, http_port: int = 0, extra: str = "",
+                        registry: str = "") -> Path:
     kafka = broker.client_settings()
     lines = ["[kafka]"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in kafka.items()]
@@ -42,7 +43,7 @@ def write_worker_config(path: Path, broker, *, obs: str, forecasts: str, dlq: st
     lines += ["[worker]", f"exactly_once = {'true' if exactly_once else 'false'}", "checkpoint_every_s = 0.5",
               "checkpoint_every_records = 5000", f"http_port = {http_port}", 'http_host = "127.0.0.1"',
               "shutdown_deadline_s = 20"]
-    lines += ["[registry]", 'path = ""', "[logging]", 'format = "json"']
+    lines += ["[registry]", f"path = {json.dumps(registry)}", "poll_s = 0.2", "[logging]", 'format = "json"']
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
 
@@ -61,10 +62,13 @@ def metric(port: int, name: str) -> float | None:
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
     except OSError:
         return None
+    total, found = 0.0, False
     for line in body.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "_total "):
-            return float(line.split()[-1])
-    return None
+        head = line.split(" ")[0].split("{")[0]
+        if head in (name, name + "_total"):
+            total += float(line.split()[-1])
+            found = True
+    return total if found else None
 
 
 def wait_for(cond, timeout_s: float, step_s: float = 0.05):

@@ -256,3 +256,51 @@ def test_sigterm_exits_zero_in_time_and_resumes_without_gap_or_duplicate(kafka_b
     replay = replay_of(tmp_path, df, "key", "ts", ["value"], WINDOWING, FORECAST)
     assert_live_matches_replay(live, replay, 50, 4)
     assert all(len(c) == 1 for c in live.values()), "a clean stop must not cause redelivery"
+
+
+def test_hot_swap_during_a_live_run_changes_the_version_with_no_gap(kafka_broker, tmp_path):
+    from dataclasses import replace
+
+    from streamseq.factory import rnn_config
+    from streamseq.models.rnn import RNNNet
+    from streamseq.registry import ModelRegistry, artifact_config
+
+    t = topics(kafka_broker, "swap")
+    df = synthetic(20, 200, seed=6)
+    cut = df["ts"].min() + pl.duration(hours=100)
+    first, rest = df.filter(pl.col("ts") < cut), df.filter(pl.col("ts") >= cut)
+    port = free_port()
+    reg_path = tmp_path / "registry"
+    cfg_path = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
+                                   dlq=t["dlq"], changelog=t["changelog"], group="g-swap", value_fields=["value"],
+                                   windowing=WINDOWING, forecast=FORECAST, http_port=port, registry=str(reg_path))
+    feed_frame(kafka_broker, t["obs"], first, "key", "ts", ["value"])
+    log = tmp_path / "w.log"
+    proc = start_worker(cfg_path, log, idle_s=None)
+    assert wait_for(lambda: (metric(port, "streamseq_records_in") or 0) >= first.height, 120), log.read_text()[-3000:]
+
+    cfg = config_mod.load(cfg_path)
+    params = replace(rnn_config(cfg, "gru", 1), seed=7)
+    registry = ModelRegistry(reg_path)
+    version = registry.publish("gru", RNNNet(params).state_dict(), artifact_config("gru", params), {"test": True})
+    registry.promote("gru", version)
+    assert wait_for(lambda: (metric(port, "streamseq_model_swaps") or 0) >= 1, 60), log.read_text()[-3000:]
+
+    feed_frame(kafka_broker, t["obs"], rest, "key", "ts", ["value"])
+    assert wait_for(lambda: (metric(port, "streamseq_records_in") or 0) >= df.height, 120), log.read_text()[-3000:]
+    assert kill(proc, signal.SIGTERM) == 0
+
+    forecasts = [f for f in read_forecasts(kafka_broker, t["forecasts"]) if f.model == "gru"]
+    assert {f.model_version for f in forecasts} == {"init", version}
+    by_key: dict = {}
+    for f in forecasts:
+        by_key.setdefault(f.key, []).append((f.origin, f.model_version))
+    assert len(by_key) == 20
+    for key, rows in by_key.items():
+        rows.sort()
+        origins = [o for o, _ in rows]
+        assert origins == list(range(origins[0], origins[-1] + H, H)), f"{key}: a window without a forecast"
+        versions = [v for _, v in rows]
+        swap_at = versions.index(version)
+        assert swap_at > 0, f"{key}: no forecast before the swap"
+        assert set(versions[:swap_at]) == {"init"} and set(versions[swap_at:]) == {version}
