@@ -376,6 +376,10 @@ def test_forecast_sink_is_readable_by_confluent_kafka(settings, kafka_broker, un
 
     frame = read_forecasts_frame(settings, topic)
     assert frame.height == 12 * 3  # deduplicated, long form
+    from connectors.kafka import read_forecasts_pandas
+
+    pdf = read_forecasts_pandas(settings, topic)
+    assert len(pdf) == 12 * 3 and {"key", "model", "origin", "step", "mean"} <= set(pdf.columns)
     only = list(iter_forecasts(settings, topic, key="sensor-2", max_idle_s=1.0, stop_at_end=True))
     assert {f.key for f in only} == {"sensor-2"} and len(only) == 3
 

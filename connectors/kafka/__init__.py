@@ -20,7 +20,7 @@ A stream worker wires them like this::
 from .admin import TopicMismatchError, TopicSpec, changelog_spec, ensure_topics
 from .changelog import ChangelogStore, RestoreError
 from .feed import feed, observation_messages
-from .forecasts import iter_forecasts, read_forecasts_frame
+from .forecasts import iter_forecasts, read_forecasts_frame, read_forecasts_pandas
 from .settings import KafkaSettings
 from .sink import (
     CommitError,
@@ -58,4 +58,5 @@ __all__ = [
     "observation_messages",
     "parse_iso_times",
     "read_forecasts_frame",
+    "read_forecasts_pandas",
 ]

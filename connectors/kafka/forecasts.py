@@ -125,3 +125,8 @@ def read_forecasts_frame(
     if dedupe:
         forecasts = list({f.id: f for f in forecasts}.values())
     return forecasts_to_frame(forecasts)
+
+
+def read_forecasts_pandas(settings: KafkaSettings, topic: str, **kw):
+    """The same as read_forecasts_frame, as a pandas DataFrame (for services built on pandas)."""
+    return read_forecasts_frame(settings, topic, **kw).to_pandas()
