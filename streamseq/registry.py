@@ -58,8 +58,8 @@ class RegistryError(StreamseqError):
 
 # Settings an artifact must share with the model it replaces (the rest only affect training).
 SHAPE_KEYS = {
-    "transformer": ("context", "d_model", "heads", "layers", "ff", "horizon", "n_features"),
-    "rnn": ("cell", "hidden", "horizon", "n_features", "target", "normalize"),
+    "transformer": ("context", "d_model", "heads", "layers", "ff", "horizon", "n_features", "scale"),
+    "rnn": ("cell", "hidden", "horizon", "n_features", "target", "normalize", "scale"),
 }
 
 

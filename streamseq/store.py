@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .models.transformer import CLIP, norm_scale, update_running_stats
+from .models.transformer import CLIP, norm_scale, target_scale, update_change_var, update_running_stats
 from .records import WindowBatch
 
 log = logging.getLogger(__name__)
@@ -275,14 +275,15 @@ class WindowStore:
         return max(ends) if ends else None
 
     def training_samples(self, L: int, H: int, holdout: int, *, norm_alpha: float = 0.01, min_context: int = 1,
-                         max_samples: int | None = None, seed: int = 0,
+                         scale: str = "level", max_samples: int | None = None, seed: int = 0,
                          frame: pl.DataFrame | None = None) -> TrainingSet:
         """Sliding samples of every key: L context windows -> H targets, the newest ``holdout`` held out.
 
         Each key's windows are normalised with its running mean/variance as of the
         sample's origin, computed with the same recursion as the models in the
-        stream, and the targets are the changes from the origin's value in units
-        of the key's scale (the models' ``"delta"`` target). Origins are real
+        stream, and the targets are the changes from the origin's value in the
+        models' output unit (``scale``: "level" std or "change", as the models'
+        ``"delta"`` target). Origins are real
         (not gap-filled) windows with at least ``min_context`` windows of history.
         Training samples see no target inside the held-out span; validation
         samples are the origins whose first target is held out.
@@ -314,11 +315,16 @@ class WindowStore:
         # Running statistics after each window, as the stream's models hold them (loop over time, vectorised over keys).
         M = np.empty((K, T, F))
         S = np.empty((K, T, F))
-        mean, var = np.zeros((K, F)), np.zeros((K, F))
+        DV = np.empty((K, T))
+        mean, var, dvar = np.zeros((K, F)), np.zeros((K, F)), np.zeros(K)
+        V32 = V[:, :, 0].astype(np.float32).astype(np.float64)  # the models keep past windows in float32
         for t in range(T):
             real = (t < counts) & ~FL[:, t]
-            mean, var = update_running_stats(mean, var, np.full(K, t), V[:, t], real, norm_alpha)
-            M[:, t], S[:, t] = mean, norm_scale(mean, var)
+            n_t = np.full(K, t)
+            mean, var = update_running_stats(mean, var, n_t, V[:, t], real, norm_alpha)
+            prev = V32[:, t - 1] if t > 0 else np.zeros(K)
+            dvar = update_change_var(dvar, n_t, V[:, t, 0], prev, real, norm_alpha)
+            M[:, t], S[:, t], DV[:, t] = mean, norm_scale(mean, var), dvar
 
         # Origins: real windows with enough history and at least one target after them.
         limit = counts - holdout  # first held-out position per key
@@ -328,7 +334,8 @@ class WindowStore:
         parts = []
         for sel, lim in ((train, limit), (val, counts)):
             k, t = kid[sel], pos[sel]
-            X, Y = _gather(V, FL, M, S, k, t, lim[k], L, H)
+            unit = target_scale(S[k, t, 0], DV[k, t], H, scale)  # (N, H)
+            X, Y = _gather(V, FL, M, S, unit, k, t, lim[k], L, H)
             keep = ~np.isnan(Y).all(axis=1)
             parts.append((X[keep], Y[keep], k[keep], t[keep]))
         (Xt, Yt, kt, tt), (Xv, Yv, kv, tv) = parts
@@ -338,14 +345,14 @@ class WindowStore:
         info = {
             "data_start": int(end.min()), "data_end": int(end.max()), "keys": int(K), "windows": int(n),
             "train_samples": int(len(Xt)), "val_samples": int(len(Xv)), "context": L, "horizon": H,
-            "holdout": holdout, "unreadable_files": self.unreadable,
+            "holdout": holdout, "scale": scale, "unreadable_files": self.unreadable,
         }
         key_names = keys[starts]
         return TrainingSet(Xt, Yt, Xv, Yv, E[kt, tt], key_names[kt], E[kv, tv], key_names[kv], info)
 
 
-def _gather(V, FL, M, S, k, t, lim, L, H):
-    """X (N, L, F+1) normalised contexts ending at t, Y (N, H) normalised deltas before ``lim``."""
+def _gather(V, FL, M, S, unit, k, t, lim, L, H):
+    """X (N, L, F+1) normalised contexts ending at t, Y (N, H) deltas in ``unit`` (N, H) before ``lim``."""
     F = V.shape[2]
     idx = t[:, None] + np.arange(-L + 1, 1)[None, :]  # (N, L)
     pad = idx < 0
@@ -358,7 +365,7 @@ def _gather(V, FL, M, S, k, t, lim, L, H):
     tj = t[:, None] + np.arange(1, H + 1)[None, :]  # (N, H)
     avail = tj < lim[:, None]
     tj = np.minimum(tj, V.shape[1] - 1)
-    Y = (V[k[:, None], tj, 0] - V[k, t, 0][:, None]) / scale[:, 0, 0:1]
+    Y = (V[k[:, None], tj, 0] - V[k, t, 0][:, None]) / unit
     Y = np.clip(Y, -TARGET_CLIP, TARGET_CLIP)
     Y = np.where(avail & ~FL[k[:, None], tj], Y, np.nan).astype(np.float32)
     return X, Y

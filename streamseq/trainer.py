@@ -257,7 +257,8 @@ class Trainer:
         t = self.cfg.trainer
         return self.store.training_samples(
             self.context(name), self.cfg.forecast.horizon, t.holdout, norm_alpha=self.cfg.rnn.norm_alpha,
-            min_context=t.min_context, max_samples=t.max_samples or None, seed=seed, frame=frame)
+            min_context=t.min_context, scale=getattr(self.model_params(name), "scale", "level"),
+            max_samples=t.max_samples or None, seed=seed, frame=frame)
 
     def incumbent(self, name: str) -> tuple[nn.Module, str]:
         """The model in service: the promoted version, or the untrained init when none is (or it cannot be used)."""
@@ -345,6 +346,8 @@ class Trainer:
         return outcomes
 
     def _run_model(self, name, frame, seed, incumbent) -> Outcome:
+        if name in ("gru", "lstm") and self.model_params(name).target != "delta":
+            return Outcome(name, False, {}, reason="offline refresh needs rnn.target = 'delta'")
         data = self.samples(name, frame, seed)
         if len(data.X_train) == 0 or len(data.X_val) == 0:
             log.info("not training %s: %d training and %d held-out samples in the store",

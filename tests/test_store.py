@@ -139,28 +139,38 @@ def test_gap_filled_windows_are_flagged_never_targets(tmp_path):
     assert ts.X_train[j, :, -1].tolist() == [0.0, 1.0, 1.0, 0.0]
 
 
-def test_samples_match_the_models_contexts(tmp_path):
-    """The store normalises exactly as the forecaster does at each origin."""
-    cfg = TransformerConfig(context=6, d_model=8, heads=2, layers=1, ff=8, horizon=2, n_features=2, norm_alpha=0.05)
+@pytest.mark.parametrize("scale", ["level", "change"])
+def test_samples_match_the_models_contexts(tmp_path, scale):
+    """The store normalises inputs and targets exactly as the forecaster does at each origin."""
+    cfg = TransformerConfig(context=6, d_model=8, heads=2, layers=1, ff=8, horizon=2, n_features=2, norm_alpha=0.05,
+                            scale=scale)
     m = TransformerForecaster(cfg)
     m.ensure_capacity(3)
     s = WindowStore(tmp_path)
     rng = np.random.default_rng(1)
-    seen = []
+    seen, values = [], []
     for h in range(1, 41):
         v = rng.normal(20, 5, 3)
         filled = rng.random(3) < 0.15
         wb = batch(h, value=v, filled=filled)
         s.write_windows(wb)
         m.update(np.arange(3), wb.features, wb.filled)
-        seen.append((m.contexts(np.array([1])).numpy()[0], filled[1]))
-    ts = s.training_samples(L=6, H=2, holdout=1, norm_alpha=0.05, min_context=1)
+        seen.append((m.contexts(np.array([1])).numpy()[0], filled[1], m._target_scale(np.array([1]))[0]))
+        values.append(v[1])
+    ts = s.training_samples(L=6, H=2, holdout=1, norm_alpha=0.05, min_context=1, scale=scale)
     is_b = ts.train_keys == "b"
-    X_b = ts.X_train[is_b]
-    expected = [seen[h - 1][0] for h in (ts.train_end[is_b] // HOUR).tolist()]
-    assert len(X_b) >= 30 and not any(seen[h - 1][1] for h in (ts.train_end[is_b] // HOUR).tolist())
+    X_b, Y_b = ts.X_train[is_b], ts.Y_train[is_b]
+    hours = (ts.train_end[is_b] // HOUR).tolist()
+    assert len(X_b) >= 30 and not any(seen[h - 1][1] for h in hours)
+    expected = [seen[h - 1][0] for h in hours]
     np.testing.assert_allclose(np.nan_to_num(X_b, nan=-99), np.nan_to_num(np.stack(expected), nan=-99),
                                rtol=1e-5, atol=1e-5)
+    for i, h in enumerate(hours):
+        unit = seen[h - 1][2]
+        for j in range(2):
+            if np.isfinite(Y_b[i, j]):
+                want = np.clip((values[h + j] - values[h - 1]) / unit[j], -20, 20)
+                assert Y_b[i, j] == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 
 def test_empty_store(tmp_path):

@@ -120,6 +120,12 @@ def test_refresh_rnn_keeps_shapes_and_lowers_error(trained):
     assert o.accepted and registry.promoted("gru") == o.version
     sd, config_, _ = registry.load("gru", o.version)
     assert config_["params"]["cell"] == "gru" and config_["params"]["hidden"] == 8
+    assert config_["params"]["scale"] == "level" and data.info["scale"] == "level"
+    # prices: targets in the RNN's per-step change unit (rnn.scale = "auto")
+    price_cfg = config(trainer={"refresh_rnn": True})
+    price_cfg.kind = "price"
+    price = Trainer(price_cfg, store, None, models=["gru"])
+    assert price.model_params("gru").scale == "change" and price.samples("gru").info["scale"] == "change"
 
 
 def test_unreadable_store_file_does_not_stop_training(tmp_path):

@@ -115,10 +115,12 @@ def test_load_weights_changes_version_not_state():
         m.load_weights(wrong.state_dict(), "v0003")
 
 
-def test_normalisation_matches_the_rnn():
+@pytest.mark.parametrize("scale", ["level", "change"])
+def test_normalisation_matches_the_rnn(scale):
     t = TransformerForecaster(TransformerConfig(context=4, d_model=8, heads=2, layers=1, ff=8, horizon=2,
-                                                n_features=2, norm_alpha=0.05))
-    r = StatefulRNNForecaster(RNNConfig(hidden=4, horizon=2, n_features=2, learn=False, norm_alpha=0.05))
+                                                n_features=2, norm_alpha=0.05, scale=scale))
+    r = StatefulRNNForecaster(RNNConfig(hidden=4, horizon=2, n_features=2, learn=False, norm_alpha=0.05,
+                                        scale=scale))
     rng = np.random.default_rng(3)
     for m in (t, r):
         m.ensure_capacity(8)
@@ -128,13 +130,16 @@ def test_normalisation_matches_the_rnn():
         r.update(np.arange(8), x, filled)
     assert np.allclose(t._mean, r._mean) and np.allclose(t._var, r._var)
     assert np.allclose(t._scale(np.arange(8)), r._scale(np.arange(8)))
+    assert np.allclose(t._target_scale(np.arange(8)), r._target_scale(np.arange(8)))  # the output unit too
 
 
 def test_config_and_pipeline():
     cfg = from_dict({"forecast": {"horizon": 2, "models": ["transformer", "naive"], "ensemble": False, "seed": 3},
                      "transformer": {"context": 6, "d_model": 8, "heads": 2, "layers": 1, "ff": 16}})
     tc = transformer_config(cfg, 1)
-    assert (tc.context, tc.horizon, tc.seed, tc.norm_alpha) == (6, 2, 3, cfg.rnn.norm_alpha)
+    assert (tc.context, tc.horizon, tc.seed, tc.norm_alpha, tc.scale) == (6, 2, 3, cfg.rnn.norm_alpha, "level")
+    cfg.kind = "price"
+    assert transformer_config(cfg, 1).scale == "change"  # rnn.scale = "auto", as the RNN
     assert build_model(cfg, "transformer", 1).name == "transformer"
     pipe = build_pipeline(cfg)
     sink = ListSink()

@@ -11,12 +11,14 @@ Per-key state lives in arena arrays indexed by slot, like the RNN path:
 - ``ctx``: the last L windows (raw features + gap-filled flag), newest last;
 - ``n``: windows seen; keys with fewer than L are left-padded and the padding
   is masked out of attention;
-- running mean/variance of every feature, updated exactly as ``rnn.py`` does
-  (``update_running_stats``), so both paths normalise a key the same way.
+- running mean/variance of every feature, and of the target's one-window
+  change, updated exactly as ``rnn.py`` does (``update_running_stats``,
+  ``update_change_var``), so both paths normalise a key the same way.
 
 ``update`` only pushes a window (no model call); ``forecast`` runs ONE encoder
 call for every key of the step. Like the RNN's ``"delta"`` target, the output
-is a change from the last value in units of the key's running scale, and the
+is a change from the last value in the RNN's unit (``scale``: the level's
+std, or sqrt(j) one-window changes for prices), and the
 head starts near zero, so an untrained network forecasts about the naive
 value. The transformer does not learn in the stream: the trainer retrains it
 on the window store and the worker hot-swaps the weights (``load_weights``).
@@ -65,6 +67,7 @@ class TransformerConfig:
     horizon: int = 24  # H, steps forecast directly
     n_features: int = 1  # window features; feature 0 is the target
     norm_alpha: float = 0.01  # floor of the running-statistics weight (same as the RNN's)
+    scale: str = "level"  # output unit, as the RNN's: "level" std, or "change": sqrt(j) one-window changes
     seed: int = 0
 
     def __post_init__(self):
@@ -72,6 +75,8 @@ class TransformerConfig:
             raise ValueError(f"d_model {self.d_model} is not a multiple of heads {self.heads}")
         if min(self.context, self.d_model, self.heads, self.layers, self.ff, self.horizon, self.n_features) < 1:
             raise ValueError("transformer sizes must be positive")
+        if self.scale not in ("level", "change"):
+            raise ValueError(f"scale must be 'level' or 'change', got {self.scale!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TransformerConfig":
@@ -99,6 +104,22 @@ def update_running_stats(mean, var, n, x, real, alpha):
     new_mean = np.where(real[:, None], mean + a * delta, mean)
     new_var = np.where(real[:, None], (1 - a) * (var + a * delta * delta), var)
     return new_mean, new_var
+
+
+def update_change_var(dvar, n, x0, prev, real, alpha):
+    """Running variance of the target's one-window change (rnn.py's ``_dvar``); ``prev`` = the previous window's value."""
+    d = np.where(n > 0, x0 - prev, 0.0)
+    a = np.where(n > 0, np.maximum(1.0 / np.maximum(n, 1), alpha), 0.0)
+    return np.where(real, (1 - a) * dvar + a * d * d, dvar)
+
+
+def target_scale(level: np.ndarray, dvar: np.ndarray, horizon: int, scale: str) -> np.ndarray:
+    """(n, H) unit of the output per step (rnn.py's ``_target_scale``); ``level`` = the target's norm_scale."""
+    level = level[:, None]
+    if scale == "change":
+        steps = np.sqrt(np.arange(1, horizon + 1))[None, :]
+        return np.minimum(np.sqrt(dvar)[:, None] * steps, 2.0 * level) + 1e-3 * level
+    return np.repeat(level, horizon, axis=1)
 
 
 def sinusoid(length: int, d: int) -> torch.Tensor:
@@ -195,6 +216,7 @@ class TransformerForecaster(BatchForecaster):
         self._n = np.zeros(0, np.int64)
         self._mean = np.zeros((0, F))
         self._var = np.zeros((0, F))
+        self._dvar = np.zeros(0)  # running variance of the target's one-window change
 
     # -- arena --------------------------------------------------------------
     def ensure_capacity(self, capacity):
@@ -202,9 +224,14 @@ class TransformerForecaster(BatchForecaster):
         self._n = grow(self._n, capacity, 0)
         self._mean = grow(self._mean, capacity, 0.0)
         self._var = grow(self._var, capacity, 0.0)
+        self._dvar = grow(self._dvar, capacity, 0.0)
 
     def _scale(self, slots) -> np.ndarray:
         return norm_scale(self._mean[slots], self._var[slots])  # (n, F)
+
+    def _target_scale(self, slots) -> np.ndarray:
+        c = self.config
+        return target_scale(self._scale(slots)[:, 0], self._dvar[slots], c.horizon, c.scale)  # (n, H)
 
     def contexts(self, slots: np.ndarray) -> torch.Tensor:
         """(n, L, F+1) normalised contexts of these keys, padding rows NaN (what the net reads)."""
@@ -226,6 +253,8 @@ class TransformerForecaster(BatchForecaster):
         n = self._n[slots]
         self._mean[slots], self._var[slots] = update_running_stats(
             self._mean[slots], self._var[slots], n, x, real, self.config.norm_alpha)
+        prev = self._ctx[slots, -1, 0].double().numpy()
+        self._dvar[slots] = update_change_var(self._dvar[slots], n, x[:, 0], prev, real, self.config.norm_alpha)
         row = torch.from_numpy(np.concatenate([x, filled[:, None].astype(np.float64)], axis=1)).float()
         self._ctx[slots] = torch.cat([self._ctx[slots][:, 1:], row[:, None, :]], dim=1)  # newest last
         self._n[slots] = n + 1
@@ -241,7 +270,7 @@ class TransformerForecaster(BatchForecaster):
         with torch.no_grad():
             out = torch.cat([self.net(c) for c in x.split(CHUNK)])[:n].double().numpy()  # (n, H)
         base = self._ctx[slots, -1, 0].double().numpy()[:, None]
-        return base + self._scale(slots)[:, 0:1] * out
+        return base + self._target_scale(slots) * out
 
     # -- hot swap -------------------------------------------------------------
     def load_weights(self, state_dict: dict, version: str) -> None:
@@ -257,6 +286,7 @@ class TransformerForecaster(BatchForecaster):
             "n": self._n[slots].copy(),
             "mean": self._mean[slots].copy(),
             "var": self._var[slots].copy(),
+            "dvar": self._dvar[slots].copy(),
         }
 
     def restore(self, slots, state):
@@ -264,15 +294,23 @@ class TransformerForecaster(BatchForecaster):
         self._n[slots] = state["n"]
         self._mean[slots] = state["mean"]
         self._var[slots] = state["var"]
+        self._dvar[slots] = state.get("dvar", 0.0)
 
     def reset(self, slots):
         self._ctx[slots] = 0.0
         self._n[slots] = 0
         self._mean[slots] = 0.0
         self._var[slots] = 0.0
+        self._dvar[slots] = 0.0
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+
+def output_scale(cfg) -> str:
+    """The output unit a config gives its models (``rnn.scale``; "auto": change for prices, else level)."""
+    scale = getattr(cfg.rnn, "scale", "level")
+    return scale if scale != "auto" else ("change" if cfg.kind == "price" else "level")
 
 
 def transformer_config(cfg, n_features: int) -> TransformerConfig:
@@ -281,11 +319,11 @@ def transformer_config(cfg, n_features: int) -> TransformerConfig:
     return TransformerConfig(
         context=t.context, d_model=t.d_model, heads=t.heads, layers=t.layers, ff=t.ff, dropout=t.dropout,
         horizon=cfg.forecast.horizon, n_features=n_features, norm_alpha=cfg.rnn.norm_alpha,
-        seed=cfg.forecast.seed,
+        scale=output_scale(cfg), seed=cfg.forecast.seed,
     )
 
 
 __all__ = [
     "TransformerConfig", "TransformerNet", "TransformerForecaster", "transformer_config",
-    "init_net", "norm_scale", "update_running_stats",
+    "init_net", "norm_scale", "update_running_stats", "update_change_var", "target_scale", "output_scale",
 ]
