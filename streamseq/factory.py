@@ -6,6 +6,7 @@ import torch
 from .config import Config
 from .models import NaiveForecaster, RNNConfig, SeasonalNaiveForecaster, StatefulRNNForecaster
 from .models.base import BatchForecaster
+from .models.normalise import output_scale
 from .pipeline import Pipeline
 from .windowing import WindowSpec, build_spec
 
@@ -31,7 +32,7 @@ def rnn_config(cfg: Config, cell: str, n_features: int) -> RNNConfig:
         cell=cell, hidden=r.hidden, horizon=cfg.forecast.horizon, n_features=n_features,
         tbptt=r.tbptt, learn_every=r.learn_every, lr=r.lr, optimizer=r.optimizer, learn=r.learn,
         norm_alpha=r.norm_alpha, target=r.target, seed=cfg.forecast.seed,
-        scale=r.scale if r.scale != "auto" else ("change" if cfg.kind == "price" else "level"),
+        scale=output_scale(cfg),
     )
 
 

@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .models.transformer import CLIP, norm_scale, target_scale, update_change_var, update_running_stats
+from .models.normalise import norm_scale, target_scale, update_change_var, update_running_stats
+from .models.transformer import CLIP
 from .records import WindowBatch
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..keyspace import grow
 from .base import BatchForecaster
+from .normalise import norm_scale, target_scale, update_change_var, update_running_stats
 
 # Below ~12 rows BLAS switches kernels and a row's result depends on the batch
 # size; padding inference calls keeps every key's forecast bitwise independent
@@ -133,20 +134,12 @@ class StatefulRNNForecaster(BatchForecaster):
         self._dvar = grow(self._dvar, capacity, 0.0)
 
     def _target_scale(self, slots) -> np.ndarray:
-        """(n, H) unit of the network's output per step.
-
-        "delta": a j-step change is about sqrt(j) one-window changes for a random walk and at
-        most about two level deviations for a seasonal series; "level": the level's std.
-        """
-        level = self._scale(slots)[:, :1]  # (n, 1)
-        if self.config.target == "delta" and self.config.scale == "change":
-            steps = np.sqrt(np.arange(1, self.horizon + 1))[None, :]
-            return np.minimum(np.sqrt(self._dvar[slots])[:, None] * steps, 2.0 * level) + 1e-3 * level
-        return np.repeat(level, self.horizon, axis=1)
+        """(n, H) unit of the network's output per step (see models/normalise.py)."""
+        return target_scale(self._scale(slots)[:, 0], self._dvar[slots], self.horizon,
+                            self.config.scale if self.config.target == "delta" else "level")
 
     def _scale(self, slots) -> np.ndarray:
-        mean, var = self._mean[slots], self._var[slots]
-        return np.sqrt(var) + 1e-3 * (np.abs(mean) + 1e-3)  # (n, F)
+        return norm_scale(self._mean[slots], self._var[slots])  # (n, F)
 
     def _normalise(self, slots, raw: torch.Tensor) -> torch.Tensor:
         """raw: (n, T, F+1) -> normalised inputs, clipped."""
@@ -164,18 +157,11 @@ class StatefulRNNForecaster(BatchForecaster):
         c = self.config
         n = self._n[slots]
         real = ~filled
-        if c.normalize and real.any():
-            rs = slots[real]
-            a = np.maximum(1.0 / (n[real] + 1), c.norm_alpha)[:, None]
-            delta = x[real] - self._mean[rs]
-            self._mean[rs] += a * delta
-            self._var[rs] = (1 - a) * (self._var[rs] + a * delta * delta)
-        if real.any():
-            rs, nr = slots[real], n[real]
-            prev = self._ring[rs, -1, 0].double().numpy()
-            d = np.where(nr > 0, x[real, 0] - prev, 0.0)
-            a = np.where(nr > 0, np.maximum(1.0 / np.maximum(nr, 1), c.norm_alpha), 0.0)
-            self._dvar[rs] = (1 - a) * self._dvar[rs] + a * d * d
+        if c.normalize:
+            self._mean[slots], self._var[slots] = update_running_stats(
+                self._mean[slots], self._var[slots], n, x, real, c.norm_alpha)
+        prev = self._ring[slots, -1, 0].double().numpy()
+        self._dvar[slots] = update_change_var(self._dvar[slots], n, x[:, 0], prev, real, c.norm_alpha)
         row = torch.from_numpy(np.concatenate([x, filled[:, None].astype(np.float64)], axis=1)).float()
         ring = torch.cat([self._ring[slots][:, 1:], row[:, None, :]], dim=1)  # (n, R, F+1), newest last
         self._ring[slots] = ring

@@ -46,6 +46,7 @@ from torch import nn
 from torch.nn import functional as Fn
 
 from ..keyspace import grow
+from .normalise import norm_scale, output_scale, target_scale, update_change_var, update_running_stats
 from .base import BatchForecaster
 
 # BLAS picks kernels by matrix shape, so a key's forecast could depend on how
@@ -85,41 +86,6 @@ class TransformerConfig:
         if unknown:
             raise ValueError(f"unknown transformer settings {sorted(unknown)}")
         return cls(**d)
-
-
-# -- per-key normalisation shared with rnn.py and the window store -------------
-def norm_scale(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
-    """The scale a key's features are divided by (rnn.py's ``_scale``)."""
-    return np.sqrt(var) + 1e-3 * (np.abs(mean) + 1e-3)
-
-
-def update_running_stats(mean, var, n, x, real, alpha):
-    """New (mean, var) after one window per row; ``n`` = windows seen before it.
-
-    Gap-filled windows (``real`` False) leave the statistics unchanged but
-    count in ``n``, exactly as in ``StatefulRNNForecaster.update``.
-    """
-    a = np.maximum(1.0 / (n + 1), alpha)[:, None]
-    delta = x - mean
-    new_mean = np.where(real[:, None], mean + a * delta, mean)
-    new_var = np.where(real[:, None], (1 - a) * (var + a * delta * delta), var)
-    return new_mean, new_var
-
-
-def update_change_var(dvar, n, x0, prev, real, alpha):
-    """Running variance of the target's one-window change (rnn.py's ``_dvar``); ``prev`` = the previous window's value."""
-    d = np.where(n > 0, x0 - prev, 0.0)
-    a = np.where(n > 0, np.maximum(1.0 / np.maximum(n, 1), alpha), 0.0)
-    return np.where(real, (1 - a) * dvar + a * d * d, dvar)
-
-
-def target_scale(level: np.ndarray, dvar: np.ndarray, horizon: int, scale: str) -> np.ndarray:
-    """(n, H) unit of the output per step (rnn.py's ``_target_scale``); ``level`` = the target's norm_scale."""
-    level = level[:, None]
-    if scale == "change":
-        steps = np.sqrt(np.arange(1, horizon + 1))[None, :]
-        return np.minimum(np.sqrt(dvar)[:, None] * steps, 2.0 * level) + 1e-3 * level
-    return np.repeat(level, horizon, axis=1)
 
 
 def sinusoid(length: int, d: int) -> torch.Tensor:
@@ -305,12 +271,6 @@ class TransformerForecaster(BatchForecaster):
 
     def config_dict(self) -> dict:
         return asdict(self.config)
-
-
-def output_scale(cfg) -> str:
-    """The output unit a config gives its models (``rnn.scale``; "auto": change for prices, else level)."""
-    scale = getattr(cfg.rnn, "scale", "level")
-    return scale if scale != "auto" else ("change" if cfg.kind == "price" else "level")
 
 
 def transformer_config(cfg, n_features: int) -> TransformerConfig:

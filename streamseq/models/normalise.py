@@ -1,0 +1,51 @@
+"""Per-key running normalisation shared by every neural forecaster and the window store.
+
+One implementation, so the RNN, the transformer and the training samples
+always agree on a key's units: features are divided by ``norm_scale``, and the
+network's output is in ``target_scale`` units (the level's spread, or for
+prices the spread of a j-step change).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def norm_scale(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """The scale a key's features are divided by ."""
+    return np.sqrt(var) + 1e-3 * (np.abs(mean) + 1e-3)
+
+
+def update_running_stats(mean, var, n, x, real, alpha):
+    """New (mean, var) after one window per row; ``n`` = windows seen before it.
+
+    Gap-filled windows (``real`` False) leave the statistics unchanged but
+    count in ``n``, exactly as in ``StatefulRNNForecaster.update``.
+    """
+    a = np.maximum(1.0 / (n + 1), alpha)[:, None]
+    delta = x - mean
+    new_mean = np.where(real[:, None], mean + a * delta, mean)
+    new_var = np.where(real[:, None], (1 - a) * (var + a * delta * delta), var)
+    return new_mean, new_var
+
+
+def update_change_var(dvar, n, x0, prev, real, alpha):
+    """Running variance of the target's one-window change ; ``prev`` = the previous window's value."""
+    d = np.where(n > 0, x0 - prev, 0.0)
+    a = np.where(n > 0, np.maximum(1.0 / np.maximum(n, 1), alpha), 0.0)
+    return np.where(real, (1 - a) * dvar + a * d * d, dvar)
+
+
+def target_scale(level: np.ndarray, dvar: np.ndarray, horizon: int, scale: str) -> np.ndarray:
+    """(n, H) unit of the output per step ; ``level`` = the target's norm_scale."""
+    level = level[:, None]
+    if scale == "change":
+        steps = np.sqrt(np.arange(1, horizon + 1))[None, :]
+        return np.minimum(np.sqrt(dvar)[:, None] * steps, 2.0 * level) + 1e-3 * level
+    return np.repeat(level, horizon, axis=1)
+
+
+
+def output_scale(cfg) -> str:
+    """The output unit a config gives its models (``rnn.scale``; "auto": change for prices, else level)."""
+    scale = getattr(cfg.rnn, "scale", "level")
+    return scale if scale != "auto" else ("change" if cfg.kind == "price" else "level")
