@@ -33,7 +33,7 @@ def test_untrained_is_about_naive():
     f = m.forecast(slots)
     last = m._ctx[slots, -1, 0].double().numpy()
     assert f.shape == (40, 3)
-    scale = np.sqrt(m._var[slots, 0])
+    scale = np.sqrt(m._stats.var[slots, 0])
     assert np.all(np.abs(f - last[:, None]) < 0.2 * scale[:, None])
 
 
@@ -128,7 +128,7 @@ def test_normalisation_matches_the_rnn(scale):
         x, filled = rng.normal(5, 2, (8, 2)), rng.random(8) < 0.2
         t.update(np.arange(8), x, filled)
         r.update(np.arange(8), x, filled)
-    assert np.allclose(t._mean, r._mean) and np.allclose(t._var, r._var)
+    assert np.allclose(t._stats.mean, r._stats.mean) and np.allclose(t._stats.var, r._stats.var)
     assert np.allclose(t._scale(np.arange(8)), r._scale(np.arange(8)))
     assert np.allclose(t._target_scale(np.arange(8)), r._target_scale(np.arange(8)))  # the output unit too
 

@@ -49,3 +49,48 @@ def output_scale(cfg) -> str:
     """The output unit a config gives its models (``rnn.scale``; "auto": change for prices, else level)."""
     scale = getattr(cfg.rnn, "scale", "level")
     return scale if scale != "auto" else ("change" if cfg.kind == "price" else "level")
+
+
+class RunningStats:
+    """Per-key arena of the statistics above: running mean/variance of every feature and the
+    variance of the target's one-window change. Both neural forecasters hold one, so their
+    per-key state and snapshots have the same fields (mean, var, dvar)."""
+
+    def __init__(self, n_features: int, alpha: float):
+        self.alpha = alpha
+        self.mean = np.zeros((0, n_features))
+        self.var = np.zeros((0, n_features))
+        self.dvar = np.zeros(0)
+
+    def ensure_capacity(self, capacity: int) -> None:
+        from ..keyspace import grow
+
+        self.mean = grow(self.mean, capacity, 0.0)
+        self.var = grow(self.var, capacity, 0.0)
+        self.dvar = grow(self.dvar, capacity, 0.0)
+
+    def update(self, slots, n, x, prev, real, features: bool = True) -> None:
+        """One window per row: ``n`` windows seen before it, ``prev`` the previous target value."""
+        if features:
+            self.mean[slots], self.var[slots] = update_running_stats(
+                self.mean[slots], self.var[slots], n, x, real, self.alpha)
+        self.dvar[slots] = update_change_var(self.dvar[slots], n, x[:, 0], prev, real, self.alpha)
+
+    def scale(self, slots) -> np.ndarray:
+        return norm_scale(self.mean[slots], self.var[slots])  # (n, F)
+
+    def target_scale(self, slots, horizon: int, mode: str) -> np.ndarray:
+        return target_scale(self.scale(slots)[:, 0], self.dvar[slots], horizon, mode)  # (n, H)
+
+    def snapshot(self, slots) -> dict[str, np.ndarray]:
+        return {"mean": self.mean[slots].copy(), "var": self.var[slots].copy(), "dvar": self.dvar[slots].copy()}
+
+    def restore(self, slots, state: dict) -> None:
+        self.mean[slots] = state["mean"]
+        self.var[slots] = state["var"]
+        self.dvar[slots] = state.get("dvar", 0.0)
+
+    def reset(self, slots) -> None:
+        self.mean[slots] = 0.0
+        self.var[slots] = 0.0
+        self.dvar[slots] = 0.0

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..keyspace import grow
 from .base import BatchForecaster
-from .normalise import norm_scale, target_scale, update_change_var, update_running_stats
+from .normalise import RunningStats
 
 # Below ~12 rows BLAS switches kernels and a row's result depends on the batch
 # size; padding inference calls keeps every key's forecast bitwise independent
@@ -112,9 +112,7 @@ class StatefulRNNForecaster(BatchForecaster):
         self._h_lag = torch.zeros(0, S)
         self._ring = torch.zeros(0, self._R, F + 1)
         self._n = np.zeros(0, np.int64)
-        self._mean = np.zeros((0, F))
-        self._var = np.zeros((0, F))
-        self._dvar = np.zeros(0)  # running variance of the target's change per window ("delta" units)
+        self._stats = RunningStats(F, config.norm_alpha)
         self.last_loss = float("nan")
 
     def _make_optimizer(self):
@@ -129,24 +127,22 @@ class StatefulRNNForecaster(BatchForecaster):
         self._h_lag = grow(self._h_lag, capacity, 0.0)
         self._ring = grow(self._ring, capacity, 0.0)
         self._n = grow(self._n, capacity, 0)
-        self._mean = grow(self._mean, capacity, 0.0)
-        self._var = grow(self._var, capacity, 0.0)
-        self._dvar = grow(self._dvar, capacity, 0.0)
+        self._stats.ensure_capacity(capacity)
 
     def _target_scale(self, slots) -> np.ndarray:
         """(n, H) unit of the network's output per step (see models/normalise.py)."""
-        return target_scale(self._scale(slots)[:, 0], self._dvar[slots], self.horizon,
-                            self.config.scale if self.config.target == "delta" else "level")
+        return self._stats.target_scale(slots, self.horizon,
+                                        self.config.scale if self.config.target == "delta" else "level")
 
     def _scale(self, slots) -> np.ndarray:
-        return norm_scale(self._mean[slots], self._var[slots])  # (n, F)
+        return self._stats.scale(slots)  # (n, F)
 
     def _normalise(self, slots, raw: torch.Tensor) -> torch.Tensor:
         """raw: (n, T, F+1) -> normalised inputs, clipped."""
         if not self.config.normalize:
             return raw
         F = self.config.n_features
-        mean = torch.from_numpy(self._mean[slots]).float()[:, None, :]
+        mean = torch.from_numpy(self._stats.mean[slots]).float()[:, None, :]
         scale = torch.from_numpy(self._scale(slots)).float()[:, None, :]
         out = raw.clone()
         out[:, :, :F] = ((raw[:, :, :F] - mean) / scale).clamp_(-10.0, 10.0)
@@ -157,11 +153,7 @@ class StatefulRNNForecaster(BatchForecaster):
         c = self.config
         n = self._n[slots]
         real = ~filled
-        if c.normalize:
-            self._mean[slots], self._var[slots] = update_running_stats(
-                self._mean[slots], self._var[slots], n, x, real, c.norm_alpha)
-        prev = self._ring[slots, -1, 0].double().numpy()
-        self._dvar[slots] = update_change_var(self._dvar[slots], n, x[:, 0], prev, real, c.norm_alpha)
+        self._stats.update(slots, n, x, self._ring[slots, -1, 0].double().numpy(), real, features=c.normalize)
         row = torch.from_numpy(np.concatenate([x, filled[:, None].astype(np.float64)], axis=1)).float()
         ring = torch.cat([self._ring[slots][:, 1:], row[:, None, :]], dim=1)  # (n, R, F+1), newest last
         self._ring[slots] = ring
@@ -214,7 +206,7 @@ class StatefulRNNForecaster(BatchForecaster):
         if c.target == "delta":
             tgt = (y[:, idx] - y[:, :k, None]) / scale_y
         else:
-            mean_y = torch.from_numpy(self._mean[slots][:, 0]).float()[:, None, None]
+            mean_y = torch.from_numpy(self._stats.mean[slots][:, 0]).float()[:, None, None]
             tgt = (y[:, idx] - mean_y) / scale_y
         mask = valid[:, :k, None] & ~fill[:, idx]  # (n, k, H)
         if not mask.any():
@@ -250,7 +242,7 @@ class StatefulRNNForecaster(BatchForecaster):
         if self.config.target == "delta":
             base = self._ring[slots, -1, 0].double().numpy()[:, None]
         else:
-            base = self._mean[slots][:, 0:1] if self.config.normalize else 0.0
+            base = self._stats.mean[slots][:, 0:1] if self.config.normalize else 0.0
         return base + scale * out
 
     # -- hot swap -------------------------------------------------------------
@@ -289,9 +281,7 @@ class StatefulRNNForecaster(BatchForecaster):
             "h_lag": self._h_lag[slots].numpy().copy(),
             "ring": self._ring[slots].numpy().copy(),
             "n": self._n[slots].copy(),
-            "mean": self._mean[slots].copy(),
-            "var": self._var[slots].copy(),
-            "dvar": self._dvar[slots].copy(),
+            **self._stats.snapshot(slots),
         }
 
     def restore(self, slots, state):
@@ -299,18 +289,14 @@ class StatefulRNNForecaster(BatchForecaster):
         self._h_lag[slots] = torch.from_numpy(np.ascontiguousarray(state["h_lag"], dtype=np.float32))
         self._ring[slots] = torch.from_numpy(np.ascontiguousarray(state["ring"], dtype=np.float32))
         self._n[slots] = state["n"]
-        self._mean[slots] = state["mean"]
-        self._var[slots] = state["var"]
-        self._dvar[slots] = state["dvar"]
+        self._stats.restore(slots, state)
 
     def reset(self, slots):
         self._h[slots] = 0.0
         self._h_lag[slots] = 0.0
         self._ring[slots] = 0.0
         self._n[slots] = 0
-        self._mean[slots] = 0.0
-        self._var[slots] = 0.0
-        self._dvar[slots] = 0.0
+        self._stats.reset(slots)
 
     def config_dict(self) -> dict:
         return asdict(self.config)

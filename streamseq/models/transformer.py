@@ -12,8 +12,8 @@ Per-key state lives in arena arrays indexed by slot, like the RNN path:
 - ``n``: windows seen; keys with fewer than L are left-padded and the padding
   is masked out of attention;
 - running mean/variance of every feature, and of the target's one-window
-  change, updated exactly as ``rnn.py`` does (``update_running_stats``,
-  ``update_change_var``), so both paths normalise a key the same way.
+  change: the same ``RunningStats`` arena ``rnn.py`` holds (models/normalise.py),
+  so both paths normalise a key the same way.
 
 ``update`` only pushes a window (no model call); ``forecast`` runs ONE encoder
 call for every key of the step. Like the RNN's ``"delta"`` target, the output
@@ -46,7 +46,8 @@ from torch import nn
 from torch.nn import functional as Fn
 
 from ..keyspace import grow
-from .normalise import norm_scale, output_scale, target_scale, update_change_var, update_running_stats
+from .normalise import (RunningStats, norm_scale, output_scale, target_scale, update_change_var,  # noqa: F401
+                        update_running_stats)
 from .base import BatchForecaster
 
 # BLAS picks kernels by matrix shape, so a key's forecast could depend on how
@@ -180,31 +181,27 @@ class TransformerForecaster(BatchForecaster):
         L, F = config.context, config.n_features
         self._ctx = torch.zeros(0, L, F + 1)
         self._n = np.zeros(0, np.int64)
-        self._mean = np.zeros((0, F))
-        self._var = np.zeros((0, F))
-        self._dvar = np.zeros(0)  # running variance of the target's one-window change
+        self._stats = RunningStats(F, config.norm_alpha)
 
     # -- arena --------------------------------------------------------------
     def ensure_capacity(self, capacity):
         self._ctx = grow(self._ctx, capacity, 0.0)
         self._n = grow(self._n, capacity, 0)
-        self._mean = grow(self._mean, capacity, 0.0)
-        self._var = grow(self._var, capacity, 0.0)
-        self._dvar = grow(self._dvar, capacity, 0.0)
+        self._stats.ensure_capacity(capacity)
 
     def _scale(self, slots) -> np.ndarray:
-        return norm_scale(self._mean[slots], self._var[slots])  # (n, F)
+        return self._stats.scale(slots)  # (n, F)
 
     def _target_scale(self, slots) -> np.ndarray:
         c = self.config
-        return target_scale(self._scale(slots)[:, 0], self._dvar[slots], c.horizon, c.scale)  # (n, H)
+        return self._stats.target_scale(slots, c.horizon, c.scale)  # (n, H)
 
     def contexts(self, slots: np.ndarray) -> torch.Tensor:
         """(n, L, F+1) normalised contexts of these keys, padding rows NaN (what the net reads)."""
         F, L = self.config.n_features, self.config.context
         slots = np.ascontiguousarray(slots)
         raw = self._ctx[slots]
-        mean = torch.from_numpy(self._mean[slots]).float()[:, None, :]
+        mean = torch.from_numpy(self._stats.mean[slots]).float()[:, None, :]
         scale = torch.from_numpy(self._scale(slots)).float()[:, None, :]
         x = raw.clone()
         x[:, :, :F] = ((raw[:, :, :F] - mean) / scale).clamp_(-CLIP, CLIP)
@@ -217,10 +214,7 @@ class TransformerForecaster(BatchForecaster):
         slots = np.ascontiguousarray(slots)
         real = ~filled
         n = self._n[slots]
-        self._mean[slots], self._var[slots] = update_running_stats(
-            self._mean[slots], self._var[slots], n, x, real, self.config.norm_alpha)
-        prev = self._ctx[slots, -1, 0].double().numpy()
-        self._dvar[slots] = update_change_var(self._dvar[slots], n, x[:, 0], prev, real, self.config.norm_alpha)
+        self._stats.update(slots, n, x, self._ctx[slots, -1, 0].double().numpy(), real)
         row = torch.from_numpy(np.concatenate([x, filled[:, None].astype(np.float64)], axis=1)).float()
         self._ctx[slots] = torch.cat([self._ctx[slots][:, 1:], row[:, None, :]], dim=1)  # newest last
         self._n[slots] = n + 1
@@ -250,24 +244,18 @@ class TransformerForecaster(BatchForecaster):
         return {
             "ctx": self._ctx[slots].numpy().copy(),
             "n": self._n[slots].copy(),
-            "mean": self._mean[slots].copy(),
-            "var": self._var[slots].copy(),
-            "dvar": self._dvar[slots].copy(),
+            **self._stats.snapshot(slots),
         }
 
     def restore(self, slots, state):
         self._ctx[slots] = torch.from_numpy(np.ascontiguousarray(state["ctx"], dtype=np.float32))
         self._n[slots] = state["n"]
-        self._mean[slots] = state["mean"]
-        self._var[slots] = state["var"]
-        self._dvar[slots] = state.get("dvar", 0.0)
+        self._stats.restore(slots, state)
 
     def reset(self, slots):
         self._ctx[slots] = 0.0
         self._n[slots] = 0
-        self._mean[slots] = 0.0
-        self._var[slots] = 0.0
-        self._dvar[slots] = 0.0
+        self._stats.reset(slots)
 
     def config_dict(self) -> dict:
         return asdict(self.config)
