@@ -381,7 +381,7 @@ def run_worker(broker, backlog: ObservationBatch, name: str, live, rnd: int, sz:
 
     # Wrappers on instance attributes: the worker's loop calls them in place of the methods.
     orig_next, orig_process, orig_ckpt = part.next_batch, pipe.process, worker.checkpoint
-    orig_send, sink = handle.send, worker.transport.forecast_sink
+    orig_send, orig_send_keyed, sink = handle.send, handle.send_keyed, worker.transport.forecast_sink
     orig_write = sink.write
 
     def next_batch():
@@ -432,13 +432,19 @@ def run_worker(broker, backlog: ObservationBatch, name: str, live, rnd: int, sz:
         out["msgs"] += 1
         return orig_send(topic, value, key=key, partition=partition, headers=headers)
 
+    def send_keyed(topic, records):
+        records = list(records)
+        out["bytes"] += sum(len(v) for _, v in records if v is not None)
+        out["msgs"] += len(records)
+        return orig_send_keyed(topic, records)
+
     def write(fb):
         orig_write(fb)
         if backlog_done.is_set():
             handed.append((wall(), int(fb.origin), len(fb)))
 
     part.next_batch, pipe.process, worker.checkpoint = next_batch, process, checkpoint
-    handle.send, sink.write = send, write
+    handle.send, handle.send_keyed, sink.write = send, send_keyed, write
 
     sent_at: dict[int, float] = {}
 

@@ -385,6 +385,31 @@ def test_forecast_sink_is_readable_by_confluent_kafka(settings, kafka_broker, un
 
 
 @kafka
+def test_send_keyed_picks_the_default_partitioners_partition(settings, unique_topic):
+    """The forecast sink looks partitions up per key instead of hashing per record; the choice must be
+    the one kafka-python's (and Java's) murmur2 default partitioner makes."""
+    plain, keyed = unique_topic("plain"), unique_topic("keyed")
+    ensure_topics(settings, [TopicSpec(plain, 5), TopicSpec(keyed, 5)])
+    records = [(f"series-{i % 40}".encode(), f"v{i}".encode()) for i in range(200)]
+    handle = KafkaProducerHandle(settings)
+    try:
+        for key, value in records:
+            handle.send(plain, value, key=key)
+        assert handle.send_keyed(keyed, iter(records)) == len(records)
+        handle.flush()
+    finally:
+        handle.close()
+    got = {}
+    for topic in (plain, keyed):
+        rows = read_raw(settings, topic, len(records))
+        assert len(rows) == len(records)
+        got[topic] = {r.key: r.partition for r in rows}
+        assert len({(r.key, r.partition) for r in rows}) == 40  # one partition per key
+    assert got[plain] == got[keyed]
+    assert len(set(got[keyed].values())) > 1
+
+
+@kafka
 def test_dead_letter_sink_keeps_reason_position_and_payload(settings, unique_topic):
     topic = unique_topic("dead")
     ensure_topics(settings, [TopicSpec(topic, 1)])

@@ -25,6 +25,7 @@ import threading
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka import errors as kerr
+from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from streamseq.errors import StreamseqError
@@ -68,6 +69,7 @@ class KafkaProducerHandle:
         self._in_transaction = False
         self._fenced: BaseException | None = None
         self._closed = False
+        self._key_partitions: dict[str, tuple[list[int], dict[bytes, int]]] = {}
         warn_if_pure_python_crc()
         self._producer = KafkaProducer(**settings.producer_kwargs())
         if self.transactional:
@@ -93,6 +95,45 @@ class KafkaProducerHandle:
                              partition=partition, headers=headers)
         future.add_errback(self._record_error, topic)
         return future
+
+    def send_keyed(self, topic: str, records) -> int:
+        """Queue ``(key, value)`` records (key: bytes, never None) on the partition the default
+        partitioner would pick (murmur2 of the key, as every Kafka client does), looked up per key
+        once instead of hashed per record. Returns the number queued; failures surface in flush().
+        """
+        self._check_usable()
+        if self.transactional and not self._in_transaction:
+            self.begin()
+        partition_of = self._partitions_of(topic)
+        send, on_error = self._producer.send, self._record_error
+        n = 0
+        try:
+            for key, value in records:
+                send(topic, value=value, key=key, partition=partition_of(key)).add_errback(on_error, topic)
+                n += 1
+        except kerr.KafkaError as e:
+            self._raise_translated(e)
+        return n
+
+    def _partitions_of(self, topic: str):
+        """key -> partition for ``topic``, cached; the cache is dropped when the partition count changes."""
+        partitions = sorted(self._guard(self._producer.partitions_for, topic) or ())
+        if not partitions:
+            raise DeliveryError(f"topic {topic!r} has no partitions in the producer's metadata")
+        cached = self._key_partitions.get(topic)
+        if cached is None or cached[0] != partitions:
+            cached = (partitions, {})
+            self._key_partitions[topic] = cached
+        cache = cached[1]
+        count = len(partitions)
+
+        def partition_of(key: bytes) -> int:
+            p = cache.get(key)
+            if p is None:
+                p = cache[key] = partitions[(murmur2(key) & 0x7FFFFFFF) % count]
+            return p
+
+        return partition_of
 
     def _record_error(self, topic: str, exc: BaseException) -> None:
         if isinstance(exc, kerr.TransactionAbortedError):
@@ -206,18 +247,22 @@ class KafkaProducerHandle:
     def _guard(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except _FENCING_ERRORS as e:
+        except kerr.KafkaError as e:
+            self._raise_translated(e)
+
+    def _raise_translated(self, e: kerr.KafkaError):
+        """Re-raise a kafka-python error, as ProducerFencedError when it means this producer is fenced."""
+        if isinstance(e, _FENCING_ERRORS):
             self._fenced = e
             raise ProducerFencedError(
                 f"transactional_id {self.settings.transactional_id!r} is in use by a newer producer: {e}"
             ) from e
-        except kerr.KafkaError as e:
-            # kafka-python wraps a fenced producer's later calls in a generic KafkaError
-            cause = e.__cause__ or e.__context__
-            if isinstance(cause, _FENCING_ERRORS) or "ProducerFenced" in str(e):
-                self._fenced = e
-                raise ProducerFencedError(f"producer fenced: {e}") from e
-            raise
+        # kafka-python wraps a fenced producer's later calls in a generic KafkaError
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, _FENCING_ERRORS) or "ProducerFenced" in str(e):
+            self._fenced = e
+            raise ProducerFencedError(f"producer fenced: {e}") from e
+        raise e
 
 
 class KafkaForecastSink(ForecastSink):
@@ -228,9 +273,7 @@ class KafkaForecastSink(ForecastSink):
         self.topic = topic
 
     def write(self, batch: ForecastBatch) -> None:
-        send, topic = self.handle.send, self.topic
-        for key, value in encode_forecasts(batch):
-            send(topic, value, key=key)
+        self.handle.send_keyed(self.topic, encode_forecasts(batch))
 
     def flush(self) -> None:
         self.handle.flush()
