@@ -77,53 +77,55 @@ def forecast_id(key: str, origin_iso: str, model: str, model_version: str) -> st
     return f"{key}|{origin_iso}|{model}|{model_version}"
 
 
-def _nullable(a: np.ndarray | None, shape: tuple[int, int]) -> list[list[float | None]]:
-    """Rows of floats with every non-finite value (NaN: no interval yet) as None."""
-    if a is None:
-        return [[None] * shape[1] for _ in range(shape[0])]
-    a = np.asarray(a, dtype=np.float64)
-    if np.isfinite(a).all():
-        return a.tolist()
-    out = a.astype(object)
-    out[~np.isfinite(a)] = None
-    return out.tolist()
-
-
 def encode_forecasts(batch: ForecastBatch) -> list[tuple[bytes, bytes]]:
-    """(message key, JSON value) per row of the batch; message key = series key, UTF-8."""
+    """(message key, JSON value) per row of the batch; message key = series key, UTF-8.
+
+    The bytes are those of ``orjson.dumps`` of the message object (field order as in
+    the module docstring; non-finite numbers as ``null``), built without a Python
+    object per step: the batch's fixed parts are formatted once into a template,
+    and all of its numbers are formatted by one ``orjson`` call over the
+    ``(n, H, 3)`` array. ``tests/test_forecast_json.py`` holds the per-object
+    reference encoder this must match byte for byte.
+    """
     n, horizon = batch.mean.shape
     if n == 0:
         return []
+    numbers = np.full((n, horizon, 3), np.nan)
+    numbers[:, :, 0] = batch.mean
+    if batch.lo is not None:
+        numbers[:, :, 1] = batch.lo
+    if batch.hi is not None:
+        numbers[:, :, 2] = batch.hi
+    # One C call formats every number (NaN/inf -> null); brackets out, one token per number.
+    tokens = (orjson.dumps(numbers, option=orjson.OPT_SERIALIZE_NUMPY)
+              .replace(b"[", b"").replace(b"]", b"").split(b","))
+    per = 3 * horizon
+    template = _template(batch, horizon)
     origin = iso(batch.origin)
-    interval = format_duration(batch.interval)
-    produced_at = iso(batch.produced_at)
-    model, version = str(batch.model), str(batch.model_version)
-    targets = [iso(batch.origin + (j + 1) * batch.interval) for j in range(horizon)]
-    step_numbers = range(1, horizon + 1)
-    mean = _nullable(batch.mean, (n, horizon))
-    lo = _nullable(batch.lo, (n, horizon))
-    hi = _nullable(batch.hi, (n, horizon))
+    suffix = f"|{origin}|{batch.model}|{batch.model_version}"
     out = []
     for i in range(n):
         key = str(batch.keys[i])
-        steps = [
-            {"step": s, "target_ts": t, "mean": m, "lo": l, "hi": h}
-            for s, t, m, l, h in zip(step_numbers, targets, mean[i], lo[i], hi[i])
-        ]
-        message = {
-            "schema": FORECAST_SCHEMA,
-            "id": forecast_id(key, origin, model, version),
-            "key": key,
-            "origin": origin,
-            "interval": interval,
-            "model": model,
-            "model_version": version,
-            "horizon": horizon,
-            "steps": steps,
-            "produced_at": produced_at,
-        }
-        out.append((key.encode("utf-8"), orjson.dumps(message)))
+        key_json = orjson.dumps(key)
+        out.append((key.encode("utf-8"),
+                    template % (orjson.dumps(key + suffix), key_json, *tokens[i * per:(i + 1) * per])))
     return out
+
+
+def _template(batch: ForecastBatch, horizon: int) -> bytes:
+    """The message with %s for the id, the key and the 3H numbers (every other byte %-escaped)."""
+    def lit(value) -> str:
+        return orjson.dumps(value).decode("utf-8").replace("%", "%%")
+
+    steps = ",".join(
+        '{"step":%d,"target_ts":%s,"mean":%%s,"lo":%%s,"hi":%%s}'
+        % (j, lit(iso(batch.origin + j * batch.interval))) for j in range(1, horizon + 1)
+    )
+    text = ('{"schema":' + lit(FORECAST_SCHEMA) + ',"id":%s,"key":%s,"origin":' + lit(iso(batch.origin))
+            + ',"interval":' + lit(format_duration(batch.interval)) + ',"model":' + lit(str(batch.model))
+            + ',"model_version":' + lit(str(batch.model_version)) + ',"horizon":' + str(horizon)
+            + ',"steps":[' + steps + '],"produced_at":' + lit(iso(batch.produced_at)) + "}")
+    return text.encode("utf-8")
 
 
 _RFC3339 = re.compile(

@@ -17,7 +17,8 @@ from streamseq.forecast_json import (
     load_schema,
     parse_rfc3339_ns,
 )
-from streamseq.records import ForecastBatch
+from streamseq.records import FORECAST_SCHEMA, ForecastBatch
+from streamseq.timeutil import format_duration, iso
 
 H = 3600 * 10**9
 ORIGIN = 1_704_067_200 * 10**9  # 2024-01-01T00:00:00Z
@@ -148,3 +149,57 @@ def test_decode_rejects_foreign_messages(value):
 def test_schema_file_is_package_data():
     assert SCHEMA_PATH.is_file()
     assert SCHEMA_PATH.parent.name == "schemas" and SCHEMA_PATH.parent.parent.name == "streamseq"
+
+
+def reference_encode(batch: ForecastBatch) -> list[tuple[bytes, bytes]]:
+    """The message as one Python object per forecast, dumped by orjson: what encode_forecasts must equal."""
+    n, horizon = batch.mean.shape
+
+    def number(a, i, j):
+        if a is None or not np.isfinite(a[i, j]):
+            return None
+        return float(a[i, j])
+
+    out = []
+    for i in range(n):
+        key = str(batch.keys[i])
+        message = {
+            "schema": FORECAST_SCHEMA,
+            "id": f"{key}|{iso(batch.origin)}|{batch.model}|{batch.model_version}",
+            "key": key,
+            "origin": iso(batch.origin),
+            "interval": format_duration(batch.interval),
+            "model": str(batch.model),
+            "model_version": str(batch.model_version),
+            "horizon": horizon,
+            "steps": [{"step": j + 1, "target_ts": iso(batch.origin + (j + 1) * batch.interval),
+                       "mean": number(batch.mean, i, j), "lo": number(batch.lo, i, j),
+                       "hi": number(batch.hi, i, j)} for j in range(horizon)],
+            "produced_at": iso(batch.produced_at),
+        }
+        out.append((key.encode("utf-8"), orjson.dumps(message)))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_template_encoder_matches_the_object_encoder_byte_for_byte(seed, validator):
+    rng = np.random.default_rng(seed)
+    n, horizon = int(rng.integers(1, 40)), int(rng.integers(1, 30))
+    mean = rng.normal(size=(n, horizon)) * 10.0 ** rng.integers(-12, 12, size=(n, horizon))
+    mean[rng.random((n, horizon)) < 0.05] = np.nan
+    mean[0, 0] = -0.0
+    lo, hi = mean - rng.random((n, horizon)), mean + rng.random((n, horizon))
+    lo[rng.random((n, horizon)) < 0.1] = np.nan
+    hi[rng.random((n, horizon)) < 0.05] = np.inf
+    keys = ["plain", 'quote"back\\slash', "100%s%d", "unicode-\u00e9\u6e29\U0001f321", "tab\tnewline\n"]
+    batch = ForecastBatch(
+        model="gru%s" if seed % 2 else "lstm", model_version=["v1", "7", "a|b"][seed % 3],
+        origin=ORIGIN + seed * 1_500_000_123, interval=[H, 15 * 60 * 10**9, 1_500_000_000][seed % 3],
+        keys=np.array([keys[i % len(keys)] + str(i) for i in range(n)], dtype=object),
+        mean=mean, lo=None if seed == 3 else lo, hi=None if seed == 3 else hi,
+        produced_at=ORIGIN + 5 * 10**9 + seed,
+    )
+    got = encode_forecasts(batch)
+    assert got == reference_encode(batch)
+    for _, value in got:
+        validator.validate(orjson.loads(value))
