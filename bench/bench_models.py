@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     fields = {f.name for f in dataclasses.fields(RNNConfig)}
     interval_field = next((f for f in LEARN_INTERVAL_FIELDS if f in fields), None)
     if interval_field:
-        for every in (4, 24):
+        for every in (1, 4):
             name = f"gru_batched_learn_every{every}"
             m = StatefulRNNForecaster(RNNConfig(hidden=HIDDEN, horizon=H, tbptt=TBPTT, learn=True,
                                                 **{interval_field: every}))

@@ -126,6 +126,7 @@ class Sizes:
     run_cap_s: float  # a worker run is stopped after this long (its rate then covers what it did)
     total_s: float  # time for all runs after the feed; later runs get what earlier ones left
     configs: str
+    per_window: int = 1  # readings per key and window (1: every record closes a window and makes forecasts)
 
 
 FULL = Sizes(1000, 100, 6, 1.0, 2, 240.0, 440.0, "rawfc,gru,gru2,ens")
@@ -240,6 +241,15 @@ def make_data(sz: Sizes):
     keys = df["key"].to_numpy().astype(object)
     ts = df["ts"].dt.epoch("ns").to_numpy()
     vals = df.select("value").to_numpy().astype(np.float64)
+    if sz.per_window > 1:  # N readings per window, evenly spaced from its start, each near the window's value
+        n = sz.per_window
+        start = ts // INTERVAL_NS * INTERVAL_NS
+        ts = (start[None, :] + (np.arange(n) * (INTERVAL_NS // n))[:, None]).ravel()
+        rng = np.random.default_rng(1)
+        vals = (np.repeat(vals[None], n, axis=0) + 0.05 * rng.standard_normal((n, *vals.shape))).reshape(-1, 1)
+        keys = np.tile(keys, n)
+        order = np.argsort(ts, kind="stable")
+        keys, ts, vals = keys[order], ts[order], vals[order]
     win = (ts - ts.min()) // INTERVAL_NS
     back = win < sz.windows
     backlog = ObservationBatch(keys[back], ts[back], vals[back], np.zeros(int(back.sum()), np.int32),
@@ -598,11 +608,15 @@ def main(argv=None) -> int:
                          "which is 1 in the worker)")
     ap.add_argument("--cap", type=float, help="seconds a worker run may take at most (default 240; quick 20)")
     ap.add_argument("--budget", type=float, help="seconds for all runs after the first feed (default 440; quick 36)")
+    ap.add_argument("--per-window", type=int, default=1,
+                    help="readings per key and window (default 1: every record closes a window, so the worker "
+                         "publishes one forecast message per record; sensors that report every 10 min into 1h "
+                         "windows: 6)")
     ap.add_argument("--json", help="write the figures as JSON to this path")
     a = ap.parse_args(argv)
     base = QUICK if a.quick else FULL
     sz = Sizes(a.keys or base.keys, a.windows or base.windows, base.live, base.pace_s, a.rounds or base.rounds,
-               a.cap or base.run_cap_s, a.budget or base.total_s, a.configs or base.configs)
+               a.cap or base.run_cap_s, a.budget or base.total_s, a.configs or base.configs, a.per_window)
     configs = [c.strip() for c in sz.configs.split(",") if c.strip()]
     for c in configs:
         if c not in CONFIGS and c != "rawfc":
@@ -667,7 +681,8 @@ def main(argv=None) -> int:
 
     load_end = round(os.getloadavg()[0], 2)
     print()
-    print(f"Stream worker vs raw kafka-python loop: {sz.keys:,} keys x {sz.windows} windows = {n:,} backlog records, "
+    print(f"Stream worker vs raw kafka-python loop: {sz.keys:,} keys x {sz.windows} windows x {sz.per_window} "
+          f"reading(s) per window = {n:,} backlog records, "
           f"{PARTITIONS} partitions, Tansu on the same machine; {mach['nproc']} x {mach['cpu']}; "
           f"load average {mach['loadavg_start']} at start, {load_end} at end; CRC32C {mach['crc32c']}")
     print_table(results)
