@@ -40,8 +40,10 @@ class KeyIndex:
         if len(keys) == 0:
             return np.empty(0, dtype=np.int64)
         uniq, inverse = np.unique(keys, return_inverse=True)
+        uniq_keys = uniq.tolist()
+        self._reserve(sum(1 for k in uniq_keys if k not in self._slot))
         out = np.empty(len(uniq), dtype=np.int64)
-        for i, k in enumerate(uniq.tolist()):
+        for i, k in enumerate(uniq_keys):
             s = self._slot.get(k)
             if s is None:
                 s = self._new_slot(k)
@@ -76,6 +78,16 @@ class KeyIndex:
                 self._free.append(s)
                 freed.append(s)
         return freed
+
+    def _reserve(self, new_keys: int) -> None:
+        """Grow once to fit ``new_keys`` more keys: to exactly what they need when that is more than
+        double (a first batch or a restore of many keys leaves no doubling slack), else by doubling."""
+        needed = len(self._keys) + max(0, new_keys - len(self._free))
+        if needed > self.capacity:
+            new_cap = max(self.capacity * 2, needed)
+            for fn in self._listeners:
+                fn(new_cap)
+            self.capacity = new_cap
 
     def _new_slot(self, key: str) -> int:
         if self._free:
