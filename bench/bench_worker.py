@@ -614,6 +614,8 @@ def main(argv=None) -> int:
                          "windows: 6)")
     ap.add_argument("--json", help="write the figures as JSON to this path")
     a = ap.parse_args(argv)
+    if a.per_window < 1:
+        ap.error("--per-window: a positive integer")
     base = QUICK if a.quick else FULL
     sz = Sizes(a.keys or base.keys, a.windows or base.windows, base.live, base.pace_s, a.rounds or base.rounds,
                a.cap or base.run_cap_s, a.budget or base.total_s, a.configs or base.configs, a.per_window)

@@ -25,8 +25,9 @@ def set_threads(n: int) -> None:
 def torch_threads(cfg: Config, streaming: bool = False) -> int:
     """Torch intra-op threads: ``cfg.threads``, or when it is 0 (auto) one thread in the stream worker
     and up to two in replay. The worker shares its cores with the Kafka client's I/O thread (and the
-    trainer when it starts one); a second torch thread then slows it (bench/bench_worker.py: 0.54x
-    against 0.73x the raw loop's records/s at 1,000 keys). Replay has the cores to itself.
+    trainer when it starts one), and its per-window ops over ~1,000 keys are too small to gain from
+    a second thread (bench/bench_worker.py: 1 vs 2 threads within the run-to-run noise, 0.61 vs 0.59
+    and 0.73 vs 0.54 of the raw loop's records/s). Replay has the cores to itself.
     """
     if cfg.threads:
         return cfg.threads

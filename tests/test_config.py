@@ -102,3 +102,19 @@ def test_a_sasl_password_in_config_never_reaches_the_worker_logs(kafka_broker, t
     text = out.decode(errors="replace")
     assert len(text.splitlines()) > 3, text  # it did log
     assert secret not in text
+
+
+def test_threads_auto_is_one_in_the_worker_and_up_to_two_in_replay(monkeypatch):
+    from streamseq.factory import torch_threads
+
+    cfg = config_mod.from_dict({})
+    assert cfg.threads == 0
+    assert torch_threads(cfg, streaming=True) == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert torch_threads(cfg) == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert torch_threads(cfg) == 1
+    assert torch_threads(config_mod.from_dict({"threads": 3}), streaming=True) == 3
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ConfigError, match="threads"):
+            config_mod.from_dict({"threads": bad})

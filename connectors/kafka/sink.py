@@ -98,9 +98,13 @@ class KafkaProducerHandle:
 
     def send_keyed(self, topic: str, records) -> int:
         """Queue ``(key, value)`` records (key: bytes, never None) on the partition the default
-        partitioner would pick (murmur2 of the key, as every Kafka client does), looked up per key
-        once instead of hashed per record. Returns the number queued; failures surface in flush().
+        partitioner would pick (murmur2 of the key, as the Java client and kafka-python do), looked
+        up once per key instead of hashed per record. Returns the number queued; failures surface
+        in flush().
         """
+        records = records if isinstance(records, list) else list(records)
+        if not records:
+            return 0
         self._check_usable()
         if self.transactional and not self._in_transaction:
             self.begin()
@@ -115,13 +119,21 @@ class KafkaProducerHandle:
             self._raise_translated(e)
         return n
 
+    # Keys whose partition is remembered per topic; past this the cache starts afresh (keys come and go).
+    MAX_CACHED_KEYS = 1 << 20
+
     def _partitions_of(self, topic: str):
         """key -> partition for ``topic``, cached; the cache is dropped when the partition count changes."""
-        partitions = sorted(self._guard(self._producer.partitions_for, topic) or ())
+        try:
+            partitions = sorted(self._producer.partitions_for(topic) or ())
+        except _FENCING_ERRORS as e:
+            self._raise_translated(e)
+        except kerr.KafkaError as e:
+            raise DeliveryError(f"no metadata for topic {topic!r}: {type(e).__name__}: {e}") from e
         if not partitions:
             raise DeliveryError(f"topic {topic!r} has no partitions in the producer's metadata")
         cached = self._key_partitions.get(topic)
-        if cached is None or cached[0] != partitions:
+        if cached is None or cached[0] != partitions or len(cached[1]) > self.MAX_CACHED_KEYS:
             cached = (partitions, {})
             self._key_partitions[topic] = cached
         cache = cached[1]

@@ -53,8 +53,9 @@ class RNNConfig:
     n_features: int = 1  # window features; feature 0 is the target
     tbptt: int = 8  # k, windows of truncated BPTT per learning step
     # s: each key takes a learning step every s-th of its own windows (TBPTT(k, s)); the schedule depends
-    # on the key's history only, so it is the same in replay and live. s = 2 halves the cost of s = 1 and
-    # scored as well or better on the replay_data/ sensor and price streams (README, "Accuracy").
+    # on the key's history only, so it is the same in replay and live. s = 2 halves the cost of s = 1; it
+    # scored as well or better on the three real replay_data/ streams and worse on the synthetic one
+    # with regime changes (README, "Accuracy").
     learn_every: int = 2
     max_learn_keys: int = 4096  # keys per optimiser step; bounds the training graph's memory
     lr: float = 1e-3
