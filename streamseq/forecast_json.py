@@ -101,14 +101,13 @@ def encode_forecasts(batch: ForecastBatch) -> list[tuple[bytes, bytes]]:
               .replace(b"[", b"").replace(b"]", b"").split(b","))
     per = 3 * horizon
     template = _template(batch, horizon)
-    origin = iso(batch.origin)
-    suffix = f"|{origin}|{batch.model}|{batch.model_version}"
+    origin, model, version = iso(batch.origin), str(batch.model), str(batch.model_version)
     out = []
     for i in range(n):
         key = str(batch.keys[i])
-        key_json = orjson.dumps(key)
+        fid = forecast_id(key, origin, model, version)
         out.append((key.encode("utf-8"),
-                    template % (orjson.dumps(key + suffix), key_json, *tokens[i * per:(i + 1) * per])))
+                    template % (orjson.dumps(fid), orjson.dumps(key), *tokens[i * per:(i + 1) * per])))
     return out
 
 

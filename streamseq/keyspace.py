@@ -82,7 +82,10 @@ class KeyIndex:
     def _reserve(self, new_keys: int) -> None:
         """Grow once to fit ``new_keys`` more keys: to exactly what they need when that is more than
         double (a first batch or a restore of many keys leaves no doubling slack), else by doubling."""
-        needed = len(self._keys) + max(0, new_keys - len(self._free))
+        self._grow_to(len(self._keys) + max(0, new_keys - len(self._free)))
+
+    def _grow_to(self, needed: int) -> None:
+        """Make room for ``needed`` slots: at least double, and tell the listeners first."""
         if needed > self.capacity:
             new_cap = max(self.capacity * 2, needed)
             for fn in self._listeners:
@@ -96,11 +99,7 @@ class KeyIndex:
         else:
             s = len(self._keys)
             self._keys.append(key)
-            if s >= self.capacity:
-                new_cap = max(self.capacity * 2, s + 1)
-                for fn in self._listeners:
-                    fn(new_cap)
-                self.capacity = new_cap
+            self._grow_to(s + 1)
         self._slot[key] = s
         return s
 

@@ -88,9 +88,7 @@ class KafkaProducerHandle:
     def send(self, topic: str, value: bytes | None, key: bytes | None = None,
              partition: int | None = None, headers: list[tuple[str, bytes]] | None = None):
         """Queue one record (starting a transaction if one is needed); failures surface in flush()."""
-        self._check_usable()
-        if self.transactional and not self._in_transaction:
-            self.begin()
+        self.begin()  # checks the handle is usable; opens a transaction with exactly_once
         future = self._guard(self._producer.send, topic, value=value, key=key,
                              partition=partition, headers=headers)
         future.add_errback(self._record_error, topic)
@@ -105,9 +103,7 @@ class KafkaProducerHandle:
         records = records if isinstance(records, list) else list(records)
         if not records:
             return 0
-        self._check_usable()
-        if self.transactional and not self._in_transaction:
-            self.begin()
+        self.begin()  # checks the handle is usable; opens a transaction with exactly_once
         partition_of = self._partitions_of(topic)
         send, on_error = self._producer.send, self._record_error
         n = 0
