@@ -114,10 +114,6 @@ class ForecastBatch:
     def horizon(self) -> int:
         return self.mean.shape[1]
 
-    def forecast_id(self, i: int) -> str:
-        """Deterministic identity: copies of one forecast share it, so duplicates are recognisable."""
-        return f"{self.keys[i]}|{self.origin}|{self.model}|{self.model_version}"
-
 
 @dataclass
 class WindowBatch:
