@@ -18,6 +18,7 @@ import numpy as np
 
 from .calibration import ConformalCalibrator
 from .clock import SystemClock
+from .grid import FixedGrid
 from .io import DeadLetterSink, ForecastSink, SourcePartition
 from .keyspace import KeyIndex, grow
 from .models.base import BatchForecaster
@@ -55,9 +56,12 @@ class Pipeline:
         capacity: int = 1024,
     ):
         self.spec = spec
+        self.grid = FixedGrid(spec.interval)
         self.n_fields = n_fields
         self.horizon = horizon
         self.models = {m.name: m for m in models}
+        for m in models:
+            m.bind_grid(self.grid)
         self.calibrators = {m.name: ConformalCalibrator(horizon, interval_level) for m in models}
         self.ensemble = ensemble and len(models) > 1
         if self.ensemble:
@@ -100,6 +104,7 @@ class Pipeline:
     def swap_model(self, model: BatchForecaster) -> None:
         """Replace a model between batches (hot swap); per-key state arenas are kept by the caller's model."""
         model.ensure_capacity(self.keys.capacity)
+        model.bind_grid(self.grid)
         self.models[model.name] = model
         if model.name not in self.calibrators:
             self.calibrators[model.name] = ConformalCalibrator(self.horizon, self.calibrators[next(iter(self.calibrators))].level)
@@ -230,7 +235,7 @@ class Pipeline:
             cal = self.calibrators[name]
             if len(r_slots):
                 cal.observe(r_slots, wid, y)
-            model.update(slots, x, filled)
+            model.update(slots, x, filled, wid)
             if len(r_slots) == 0:
                 continue
             mean = model.forecast(r_slots)
