@@ -63,6 +63,7 @@ class KafkaSettings:
     transaction_timeout_ms: int = 60_000
     isolation_level: str | None = None  # None: read_committed with exactly_once, else read_uncommitted
     request_timeout_ms: int = 30_000
+    max_request_size: int = 1_048_576  # largest record the producer sends; keep <= the broker's message.max.bytes
 
     # --- construction -------------------------------------------------------------
 
@@ -99,7 +100,7 @@ class KafkaSettings:
              "sasl_mechanism", f"one of {_SASL_MECHANISMS} or null")
         for key in ("session_timeout_ms", "heartbeat_interval_ms", "max_poll_interval_ms", "max_poll_records",
                     "fetch_max_bytes", "max_partition_fetch_bytes", "batch_size", "transaction_timeout_ms",
-                    "request_timeout_ms"):
+                    "request_timeout_ms", "max_request_size"):
             value = getattr(self, key)
             need(isinstance(value, int) and not isinstance(value, bool) and value > 0, key, "a positive integer")
         need(isinstance(self.linger_ms, int) and not isinstance(self.linger_ms, bool) and self.linger_ms >= 0,
@@ -176,6 +177,7 @@ class KafkaSettings:
             linger_ms=self.linger_ms,
             batch_size=self.batch_size,
             enable_idempotence=self.idempotent,
+            max_request_size=self.max_request_size,
         )
         if self.exactly_once:
             if not self.transactional_id:

@@ -40,6 +40,8 @@ class KafkaTransport:
         self.changelog = None
         self.forecast_sink = None
         self.dead_letter_sink = None
+        # Largest changelog record worth sending: the producer's limit less room for the record's framing.
+        self.max_record_bytes = self.settings.max_request_size - 1024
 
     def topic_specs(self) -> list[TopicSpec]:
         t = self.cfg.topics
