@@ -130,7 +130,8 @@ class StreamWorker:
         try:
             self.part.close()
         finally:
-            self.producer.close()
+            # After a failure nothing queued will be committed: don't wait for it.
+            self.producer.close(timeout_s=0.0 if self._failed else 10.0)
 
     # -- checkpoint -----------------------------------------------------------------
     def checkpoint(self) -> None:

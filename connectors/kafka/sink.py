@@ -259,7 +259,10 @@ class KafkaProducerHandle:
                 except kerr.KafkaError as e:
                     log.warning("aborting the open transaction on close failed: %s", e)
         finally:
-            self._producer.close(timeout=0 if self._fenced is not None else timeout_s)
+            try:
+                self._producer.close(timeout=0 if self._fenced is not None else timeout_s)
+            except kerr.KafkaError as e:  # records still queued at close are the last commit's to replay
+                log.warning("producer closed with records unacknowledged: %s", e)
 
     # --- helpers ------------------------------------------------------------------
 

@@ -152,7 +152,10 @@ class KafkaPartition(SourcePartition):
         except KafkaError as e:
             if self._listener_error is not None:  # a rebalance callback failed: surface its own error
                 raise self._listener_error from e
-            raise
+            from .sink import KafkaConnectorError
+
+            raise KafkaConnectorError(f"polling {', '.join(self._topics)} failed: {type(e).__name__}: {e}",
+                                      retriable=bool(getattr(e, "retriable", False))) from e
         if not polled:
             return ObservationBatch.empty(len(self._source.value_fields)), []
         groups = []
