@@ -51,7 +51,8 @@ import numpy as np
 import torch
 
 from streamseq import config as ss_config
-from streamseq.factory import build_pipeline, set_threads
+from streamseq.compose import build_pipeline
+from streamseq.threads import set_threads
 from streamseq.models import RNNConfig, StatefulRNNForecaster
 from streamseq.models.river_baselines import SNARIMAXForecaster
 from streamseq.records import ObservationBatch

@@ -1,6 +1,6 @@
 """Per-batch latency of the running pipeline, idle vs while the trainer trains in another process.
 
-A Pipeline (gru + transformer + naive, from streamseq.factory.build_pipeline)
+A Pipeline (gru + transformer + naive, from streamseq.compose.build_pipeline)
 runs over a synthetic stream, one batch per window end (every key closes a
 window in every batch). Its windows go to a WindowStore. Then, ``--cycles``
 times: N batches timed idle, then a Trainer.run_once on that store in a
@@ -26,10 +26,10 @@ import numpy as np
 
 
 def _train_once(cfg, store_path: str, registry_path: str, threads: int, result) -> None:
-    from streamseq.trainer_cli import lower_priority  # as TrainerProcess: priority down before torch loads
+    from streamseq.trainer_process import lower_priority  # as TrainerProcess: priority down before torch loads
 
     lower_priority(cfg)
-    from streamseq.factory import set_threads
+    from streamseq.threads import set_threads
     from streamseq.registry import ModelRegistry
     from streamseq.store import WindowStore
     from streamseq.trainer import Trainer
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     from streamseq.config import from_dict
-    from streamseq.factory import build_pipeline
+    from streamseq.compose import build_pipeline
     from streamseq.store import WindowStore
 
     cfg = from_dict({

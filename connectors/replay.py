@@ -34,7 +34,7 @@ import polars as pl
 
 from streamseq.clock import SystemClock
 from streamseq.errors import ConfigError, InputError
-from streamseq.io import Source, SourcePartition
+from streamseq.ports import Source, SourcePartition
 from streamseq.records import MAX_ABS_VALUE, DeadLetter, ObservationBatch, key_fault
 
 _FORMATS = (
@@ -624,8 +624,8 @@ class ReplayPartition(SourcePartition):
         """Rows consumed so far in all files (returned, dead-lettered or outside start/end)."""
         return sum(c.emitted_rows for c in self._cursors)
 
-    def describe(self, partition: int) -> str:
-        return self._files[partition]
+    def origin(self, pid: int) -> tuple[str, int]:
+        return self._files[pid], pid
 
     def close(self) -> None:
         for c in self._cursors:

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from streamseq.config import from_dict
-from streamseq.factory import build_pipeline
-from streamseq.io import ListSink, MemoryPartition
+from streamseq.compose import build_pipeline
+from streamseq.memory import ListSink, MemoryPartition
 from streamseq.records import ObservationBatch
 from streamseq.registry import ModelRegistry, artifact_config
-from streamseq.retrain import ModelWatcher, attach_retraining
+from streamseq.hotswap import ModelWatcher, attach_retraining
 from streamseq.synthetic import generate
 
 HOUR = 3600 * 10**9

@@ -424,5 +424,5 @@ def test_total_rows_describe_and_single_partition(tmp_path):
     part = src.build_part("replay", None)
     assert part.partitioned_time is False
     assert part.total_rows == total
-    assert part.describe(1) == paths[1]
+    assert part.origin(1) == (paths[1], 1)
     part.close()

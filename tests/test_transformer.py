@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from streamseq.config import from_dict
-from streamseq.factory import build_model, build_pipeline
-from streamseq.io import ListSink, MemoryPartition
+from streamseq.compose import build_model, build_pipeline
+from streamseq.memory import ListSink, MemoryPartition
 from streamseq.models.rnn import RNNConfig, StatefulRNNForecaster
-from streamseq.models.transformer import (TransformerConfig, TransformerForecaster, TransformerNet, init_net,
-                                          transformer_config)
+from streamseq.models.transformer import TransformerConfig, TransformerForecaster, TransformerNet, init_net
+from streamseq.specs import transformer_config
 from streamseq.records import ObservationBatch
 
 torch.set_num_threads(2)

@@ -267,7 +267,7 @@ def test_sigterm_exits_zero_in_time_and_resumes_without_gap_or_duplicate(kafka_b
 def test_hot_swap_during_a_live_run_changes_the_version_with_no_gap(kafka_broker, tmp_path):
     from dataclasses import replace
 
-    from streamseq.factory import rnn_config
+    from streamseq.specs import rnn_config
     from streamseq.models.rnn import RNNNet
     from streamseq.registry import ModelRegistry, artifact_config
 

@@ -16,7 +16,7 @@ import orjson
 
 from streamseq.clock import SystemClock
 from streamseq.errors import ConfigError
-from streamseq.io import DeadLetterSink, SourcePartition
+from streamseq.ports import DeadLetterSink, SourcePartition
 
 from .source import TIME_UNITS
 

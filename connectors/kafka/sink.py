@@ -31,7 +31,7 @@ from kafka.structs import OffsetAndMetadata
 
 from streamseq.errors import StreamseqError
 from streamseq.forecast_json import encode_forecasts
-from streamseq.io import DeadLetterSink, ForecastSink
+from streamseq.ports import DeadLetterSink, ForecastSink
 from streamseq.records import MAX_KEY_BYTES, DeadLetter, ForecastBatch
 
 from .settings import KafkaSettings, warn_if_pure_python_crc

@@ -40,7 +40,7 @@ from kafka.errors import IllegalStateError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from streamseq.errors import ConfigError
-from streamseq.io import Source, SourcePartition
+from streamseq.ports import GroupPartition, Source
 from streamseq.records import MAX_ABS_VALUE, MAX_KEY_BYTES, DeadLetter, ObservationBatch, key_fault
 
 from .settings import KafkaSettings, warn_if_pure_python_crc
@@ -108,7 +108,7 @@ class KafkaSource(Source):
         )
 
 
-class KafkaPartition(SourcePartition):
+class KafkaPartition(GroupPartition):
     """The consumer-group member: ``next_batch`` waits at most ``poll_timeout_ms`` for data.
 
     Its wall time is that wait plus the CPU time to parse and decode at most
@@ -121,7 +121,7 @@ class KafkaPartition(SourcePartition):
 
     ``ObservationBatch.partition`` holds a partition id: ``topic index << 20 |
     kafka partition`` (for a single topic, the Kafka partition number itself).
-    ``describe(pid)`` -> "topic[p]", ``topic_partition(pid)`` -> TopicPartition.
+    ``origin(pid)`` -> (topic, partition), ``topic_partition(pid)`` -> TopicPartition.
     """
 
     partitioned_time = True  # event time advances per Kafka partition, not globally
@@ -287,9 +287,15 @@ class KafkaPartition(SourcePartition):
     def topic_partition(self, pid: int) -> TopicPartition:
         return TopicPartition(self._topics[pid >> _PID_TOPIC_SHIFT], pid & ((1 << _PID_TOPIC_SHIFT) - 1))
 
-    def describe(self, pid: int) -> str:
+    def kafka_partition(self, pid: int) -> int:
+        return pid & ((1 << _PID_TOPIC_SHIFT) - 1)
+
+    def origin(self, pid: int) -> tuple[str, int]:
         tp = self.topic_partition(pid)
-        return f"{tp.topic}[{tp.partition}]"
+        return tp.topic, tp.partition
+
+    def label(self, tp: TopicPartition) -> tuple[str, int]:
+        return tp.topic, tp.partition
 
     @property
     def consumer(self) -> KafkaConsumer:
