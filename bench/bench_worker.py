@@ -85,15 +85,15 @@ from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 from kafka.record import default_records as _kafka_records  # noqa: E402
 
 from connectors.kafka import KafkaSettings, TopicSpec, ensure_topics  # noqa: E402
-from streamseq.localbroker import LOCAL_CLIENT_SETTINGS, start_tansu  # noqa: E402
 from connectors.kafka.feed import observation_messages  # noqa: E402
 from connectors.kafka.transport import KafkaTransport  # noqa: E402
 from streamseq import config as config_mod  # noqa: E402
+from streamseq.compose import WorkerApp  # noqa: E402
+from streamseq.localbroker import LOCAL_CLIENT_SETTINGS, start_tansu  # noqa: E402
 from streamseq.memory import MemoryPartition  # noqa: E402
 from streamseq.records import ObservationBatch  # noqa: E402
-from streamseq.synthetic import generate  # noqa: E402
 from streamseq.specs import torch_threads  # noqa: E402
-from streamseq.compose import WorkerApp  # noqa: E402
+from streamseq.synthetic import generate  # noqa: E402
 
 TARGET_RATIO = 0.7
 PARTITIONS = 4
@@ -703,7 +703,7 @@ def main(argv=None) -> int:
     for name in configs:
         runs = [r for r in results if r.name == name and r.records and r.seconds > 0]
         if runs:
-            def share(f):
+            def share(f, runs=runs):
                 return statistics.fmean(f(r) / r.seconds for r in runs)
             print(f"  {name}: {statistics.fmean(r.out_bytes / r.records for r in runs):,.0f} B produced per input "
                   f"record; of its timed seconds: poll+decode {share(lambda r: sum(r.poll)):.0%}, "

@@ -98,8 +98,8 @@ class Checkpoint:
         records = encode_keys(keys, self.pipeline.snapshot_keys(keys))
         limit = self.max_state_bytes
         for key, p in zip(keys, self._changelog_partitions(keys)):
-            value = records[key]
-            if limit and len(value) > limit:
+            value: bytes | None = records[key]
+            if limit and value is not None and len(value) > limit:
                 # A record the broker would refuse would stop every later checkpoint: write a tombstone
                 # instead, so a restore starts this key afresh rather than from a stale state.
                 log.error("state of key %r is %d bytes, over the %d-byte record limit: not kept in the changelog "

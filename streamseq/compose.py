@@ -12,11 +12,9 @@ from __future__ import annotations
 import logging
 import os
 
-import torch
-
 from . import plugins
 from .config import Config
-from .models import NaiveForecaster, RNNConfig, SeasonalNaiveForecaster, StatefulRNNForecaster
+from .models import NaiveForecaster, SeasonalNaiveForecaster, StatefulRNNForecaster
 from .models.base import BatchForecaster
 from .pipeline import Pipeline
 from .specs import rnn_config, torch_threads, transformer_config, window_spec
@@ -107,7 +105,7 @@ class WorkerApp:
         self.watcher = None
         self.worker = None
 
-    def __enter__(self) -> "WorkerApp":
+    def __enter__(self) -> WorkerApp:
         try:
             self.open()
         except BaseException:
@@ -118,7 +116,7 @@ class WorkerApp:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def open(self) -> "WorkerApp":
+    def open(self) -> WorkerApp:
         from .metrics import Health, WorkerMetrics
         from .worker import StreamWorker
 

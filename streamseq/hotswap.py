@@ -85,7 +85,7 @@ class ModelWatcher:
             try:
                 state_dict, _, _ = self.registry.load(name, version, expect=self.pipeline.models[name].config_dict())
                 swap_weights(self.pipeline, name, state_dict, version)
-            except Exception as exc:  # ArtifactError, or an I/O error on a shared volume: keep the model in service
+            except Exception as exc:  # noqa: BLE001 - ArtifactError, or an I/O error on a shared volume: keep the model in service
                 self._refuse(name, version, exc)
                 continue
             log.info("hot swap: %s %s -> %s", name, self.current[name], version)

@@ -19,12 +19,12 @@ import numpy as np
 from .calibration import ConformalCalibrator
 from .clock import SystemClock
 from .grid import FixedGrid
-from .ports import DeadLetterSink, ForecastSink, SourcePartition
 from .keyspace import KeyIndex, grow
 from .models.base import BatchForecaster
+from .ports import DeadLetterSink, ForecastSink, SourcePartition
 from .records import DeadLetter, ForecastBatch, ObservationBatch, WindowBatch
 from .timeutil import format_duration, iso
-from .windowing import NO_WID, ClosedWindows, WindowSpec, Windower
+from .windowing import NO_WID, ClosedWindows, Windower, WindowSpec
 
 ENSEMBLE = "ensemble"
 log = logging.getLogger("streamseq.pipeline")
@@ -327,21 +327,18 @@ class Pipeline:
         return np.einsum("mn,mnh->nh", w, np.nan_to_num(M))
 
     # -- running a finite source ---------------------------------------------
-    def run(self, part: SourcePartition, progress=None, max_batches: int | None = None) -> None:
-        batches = 0
+    def run(self, part: SourcePartition, progress=None) -> None:
+        """Process a finite source to its end, close every window, flush the sinks."""
         while not part.exhausted:
             batch, letters = part.next_batch()
             self.process(batch, part, letters)
-            batches += 1
             if progress is not None:
                 progress.update(self.stats.records_in + self.stats.dead_letters, self.stats.windows_closed)
-            if max_batches is not None and batches >= max_batches:
-                return
         self.finish()
-        for s in self.forecast_sinks:
-            s.flush()
-        for s in self.dead_letter_sinks:
-            s.flush()
+        for sink in self.forecast_sinks:
+            sink.flush()
+        for dead in self.dead_letter_sinks:
+            dead.flush()
 
     # -- per-key state ---------------------------------------------------------
     def dirty_keys(self, clear: bool = False) -> list[str]:
@@ -354,7 +351,7 @@ class Pipeline:
     def clear_dirty(self) -> None:
         self._dirty[:] = False
 
-    def snapshot_keys(self, keys: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    def snapshot_keys(self, keys: list[str]) -> dict[str, np.ndarray]:
         """Every component's state of these keys, as {component/field: array with one row per key}."""
         slots = np.array([self.keys.get(k) for k in keys], np.int64)
         out: dict[str, np.ndarray] = {

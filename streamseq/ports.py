@@ -16,7 +16,8 @@ of one message broker.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, runtime_checkable
 
 from .records import DeadLetter, ForecastBatch, ObservationBatch, WindowBatch
 
@@ -176,7 +177,7 @@ class Transport(Protocol):
     dead_letter_sink: DeadLetterSink
     max_record_bytes: int  # the largest record worth sending (state records above it are not kept)
 
-    def open(self) -> "Transport": ...
+    def open(self) -> Transport: ...
 
     def ensure_topics(self) -> dict[str, str]: ...
 

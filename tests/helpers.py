@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from streamseq.config import from_dict
 from streamseq.compose import build_pipeline
+from streamseq.config import from_dict
 from streamseq.memory import ListDeadLetterSink, ListSink, MemoryPartition
 from streamseq.records import ForecastBatch, ObservationBatch
 

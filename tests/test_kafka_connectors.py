@@ -591,7 +591,7 @@ def test_iso_times_fast_and_slow_paths_agree():
         ns, ok = parse_iso_times(batch)
         assert ok.tolist() == [expected_ok[texts.index(t)] for t in batch]
         want = {texts[0]: t0, texts[1]: t0 + 123456789, texts[2]: t0, texts[3]: t0, texts[4]: t0, texts[5]: t0}
-        for t, v, good in zip(batch, ns.tolist(), ok):
+        for t, v in zip(batch, ns.tolist()):
             if t in want:
                 assert v == want[t], t
     ns, ok = parse_iso_times(["2300-01-01T00:00:00Z"])

@@ -1,12 +1,11 @@
 """The pipeline with an in-memory source and a list sink."""
 import numpy as np
 import polars as pl
+from helpers import H, frame_batches, obs, pipeline, run
 
+from streamseq.memory import MemoryPartition
 from streamseq.pipeline import ENSEMBLE
 from streamseq.synthetic import generate
-from streamseq.memory import MemoryPartition
-
-from helpers import H, frame_batches, obs, pipeline, run
 
 
 def stream(keys=6, windows=120, irregular=False, seed=0):

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers import pipeline
+
 from streamseq.memory import MemoryPartition
 from streamseq.records import ObservationBatch
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from streamseq.commands import main
 from streamseq.clock import ManualClock
+from streamseq.commands import main
 from streamseq.config import from_dict
 from streamseq.records import WindowBatch
 from streamseq.registry import ModelRegistry

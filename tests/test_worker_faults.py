@@ -18,14 +18,21 @@ import time
 
 import polars as pl
 import pytest
-
 from kafka_broker import start_tansu
 from kafka_worker_util import (
-    feed_frame, forecast_table, free_port, metric, read_forecasts, read_raw, start_worker, wait_for,
+    feed_frame,
+    forecast_table,
+    free_port,
+    metric,
+    read_forecasts,
+    read_raw,
+    start_worker,
+    wait_for,
     write_worker_config,
 )
-from streamseq import config as config_mod
 from test_worker_kafka import FORECAST, assert_live_matches_replay, replay_of, synthetic, topics
+
+from streamseq import config as config_mod
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 WINDOWING = {"interval": "1h", "agg": "mean", "allowed_lateness": "5min", "gap": "ffill"}

@@ -24,7 +24,7 @@ import logging
 import threading
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 from kafka import errors as kerr
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata

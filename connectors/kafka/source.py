@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import logging
 import re
-from operator import itemgetter
 import threading
 import warnings
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from operator import itemgetter
+from typing import Any
 
 import numpy as np
 import orjson
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 PART_NAME = "consumer"
 TIME_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 MIN_TS_NS = 0  # 1970-01-01
-MAX_TS_NS = int(datetime(2201, 1, 1, tzinfo=timezone.utc).timestamp()) * 1_000_000_000  # exclusive: end of 2200
+MAX_TS_NS = int(datetime(2201, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000_000  # exclusive: end of 2200
 _PID_TOPIC_SHIFT = 20  # partition id = topic index << 20 | partition (stable across restarts)
 
 RebalanceCallback = Callable[[list[TopicPartition]], None]
@@ -97,12 +98,12 @@ class KafkaSource(Source):
     def list_parts(self) -> list[str]:
         return [PART_NAME]
 
-    def build_part(self, name: str, resume_state: Any | None = None) -> "KafkaPartition":
+    def build_part(self, name: str, resume_state: Any | None = None) -> KafkaPartition:
         if name != PART_NAME:
             raise ValueError(f"KafkaSource has one part, {PART_NAME!r}; got {name!r}")
         return KafkaPartition(self, resume_state)
 
-    def decoder(self) -> "JsonObservationDecoder":
+    def decoder(self) -> JsonObservationDecoder:
         return JsonObservationDecoder(
             self.key_field, self.time_field, self.value_fields, self.time_unit, self.max_record_bytes
         )
@@ -240,12 +241,6 @@ class KafkaPartition(GroupPartition):
     def assignment(self) -> list[TopicPartition]:
         return sorted(self._consumer.assignment())
 
-    def pause(self, *tps: TopicPartition) -> None:
-        self._consumer.pause(*tps)
-
-    def resume(self, *tps: TopicPartition) -> None:
-        self._consumer.resume(*tps)
-
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Next ``next_batch`` returns ``tp`` from ``offset``; ``position_offsets`` follows."""
         self._consumer.seek(tp, offset)
@@ -297,11 +292,6 @@ class KafkaPartition(GroupPartition):
     def label(self, tp: TopicPartition) -> tuple[str, int]:
         return tp.topic, tp.partition
 
-    @property
-    def consumer(self) -> KafkaConsumer:
-        """The kafka-python consumer, for what this class does not wrap."""
-        return self._consumer
-
     # --- rebalance plumbing (called by _RebalanceBridge on the IO loop) -----------
 
     def _assigned(self, tps: list[TopicPartition]) -> None:
@@ -321,14 +311,14 @@ class KafkaPartition(GroupPartition):
                 self._positions.pop(tp, None)
 
 
-def _make_listener(part: "KafkaPartition"):
+def _make_listener(part: KafkaPartition):
     if AsyncConsumerRebalanceListener is None or not hasattr(part._consumer, "_net"):
         return _InlineListener(part)  # kafka-python 2.x: listeners already run on the polling thread
     return _RebalanceBridge(part)
 
 
 class _InlineListener(ConsumerRebalanceListener):
-    def __init__(self, part: "KafkaPartition"):
+    def __init__(self, part: KafkaPartition):
         self._part = part
 
     def _call(self, fn, tps) -> None:
@@ -378,7 +368,7 @@ class _RebalanceBridge(AsyncConsumerRebalanceListener or object):
         def run() -> None:
             try:
                 fn(tps)
-            except BaseException as e:  # re-raised below, then by next_batch
+            except BaseException as e:  # noqa: BLE001 - re-raised below, then by next_batch
                 errors.append(e)
             finally:
                 done.set()

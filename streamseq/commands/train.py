@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ..errors import ConfigError, StreamseqError
 from . import args
@@ -90,7 +90,7 @@ def cmd_models_list(a) -> int:
     print("* = in service; MAE on held-out windows in units of each key's scale, vs the model it was trained to replace")
     print(f"{'model':<12} {'version':<8} {'':1} {'created (UTC)':<19} {'data':<41} {'val MAE':>9} {'replaced':>9}")
     for r in rows:
-        created = (datetime.fromtimestamp(r["created_ns"] / 1e9, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        created = (datetime.fromtimestamp(r["created_ns"] / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
                    if isinstance(r.get("created_ns"), int) else "?")
         data = " .. ".join(r["data_range"]) if isinstance(r.get("data_range"), list) else r.get("error", "")
         print(f"{r['name']:<12} {r['version']:<8} {'*' if r['promoted'] else ' ':1} {created:<19} {data:<41} "

@@ -15,7 +15,7 @@ Every check raises ``AssertionError`` naming the model and what broke.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
