@@ -28,7 +28,15 @@ def torch_threads(cfg: Config, streaming: bool = False) -> int:
 def window_spec(cfg: Config, value_cols: list[str] | None = None) -> WindowSpec:
     w = cfg.windowing
     cols = value_cols or cfg.source.value_cols
-    return build_spec(cols, w.agg, w.interval_ns, w.lateness_ns, w.gap, w.max_gap_fill, w.time_jump_ns)
+    return build_spec(cols, w.agg, w.grid, w.lateness_ns, w.gap, w.max_gap_fill, w.time_jump_ns)
+
+
+def season(cfg: Config) -> int:
+    """The seasonal period in windows: ``[forecast] season``, or the interval's usual one (24 hourly,
+    7 daily, 52 weekly, 12 monthly, 4 quarterly)."""
+    from .grid import default_season
+
+    return cfg.forecast.season or default_season(cfg.windowing.grid)
 
 
 def output_scale(cfg: Config) -> str:
@@ -59,4 +67,4 @@ def transformer_config(cfg: Config, n_features: int):
     )
 
 
-__all__ = ["torch_threads", "window_spec", "output_scale", "rnn_config", "transformer_config"]
+__all__ = ["torch_threads", "window_spec", "season", "output_scale", "rnn_config", "transformer_config"]

@@ -121,8 +121,9 @@ class RetrainSchedule:
     """
 
     def __init__(self, interval_ns: int, every_windows: int = 0, every_ns: int = 0, drift: bool = False,
-                 delta: float = 0.002, min_windows: int = 1, initial: bool = False):
+                 delta: float = 0.002, min_windows: int = 1, initial: bool = False, grid=None):
         self.interval_ns = interval_ns
+        self.grid = grid  # calendar windows: new windows are counted on the grid, not by length
         self.every_windows = every_windows
         self.every_ns = every_ns
         self.drift = drift
@@ -139,7 +140,7 @@ class RetrainSchedule:
     def from_config(cls, cfg: Config, initial: bool = False) -> "RetrainSchedule":
         t = cfg.trainer
         return cls(cfg.windowing.interval_ns, t.every_windows, parse_duration(t.every, "trainer.every") if t.every else 0,
-                   t.drift, t.drift_delta, t.holdout, initial)
+                   t.drift, t.drift_delta, t.holdout, initial, grid=cfg.windowing.grid)
 
     @property
     def active(self) -> bool:
@@ -171,7 +172,10 @@ class RetrainSchedule:
                 return "initial"
             self.last_end, self.last_time = newest_end, now_ns
             return None
-        new = (newest_end - self.last_end) // self.interval_ns
+        if self.grid is not None:
+            new = int(self.grid.wid_of(newest_end - 1) - self.grid.wid_of(self.last_end - 1))
+        else:
+            new = (newest_end - self.last_end) // self.interval_ns
         if self.every_windows and new >= self.every_windows:
             return f"every {self.every_windows} windows"
         if self.every_ns and now_ns - self.last_time >= self.every_ns:
