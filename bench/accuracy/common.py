@@ -68,7 +68,7 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in [
     Dataset("us_gasoline", "bench/accuracy/data/us_gasoline.parquet", "1w", 52, 13, "rolling", warmup=5 * 52,
             anchor_origins=40, anchor_context=10 * 52, full_only=True, notes="weekly, 1 series"),
     Dataset("aus_retail", "bench/accuracy/data/aus_retail.parquet", "1mo", 12, 12, "rolling", warmup=60,
-            anchor_origins=8, quick_keys=6, notes="monthly retail turnover, long series"),
+            anchor_origins=4, quick_keys=6, notes="monthly retail turnover, long series"),
     Dataset("tourism", "bench/accuracy/data/tourism.parquet", "1q", 4, 8, "rolling", warmup=32,
             anchor_origins=6, quick_keys=10, notes="quarterly trips by region/purpose"),
     Dataset("m1_monthly", "bench/accuracy/data/m1_monthly.parquet", "1mo", 12, 18, "holdout",
