@@ -43,6 +43,8 @@ class Dataset:
     quick_windows: int = 0  # --quick, rolling: keep the first N windows per key (0 = all)
     quick_warmup: int = 0  # --quick, rolling: warm-up in the shortened stream
     quick_anchor_origins: int = 10  # --quick, rolling: anchor origins per key
+    seasons: tuple[int, ...] = ()  # every seasonal period of the data (MSTL anchor), when more than one
+    start: str = ""  # first timestamp replayed (ISO, UTC); "" = the whole file
     full_only: bool = False  # left out of --quick
     target: str = ""  # which of issue 15's targets applies: hourly | price | short | ""
     notes: str = ""
@@ -50,25 +52,26 @@ class Dataset:
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in [
     Dataset("vic_elec", "bench/accuracy/data/vic_elec.parquet", "1h", 24, 24, "rolling", warmup=28 * 24,
-            covariates=("temperature",), anchor_origins=40, anchor_context=14 * 24,
+            covariates=("temperature",), anchor_origins=30, anchor_context=28 * 24, seasons=(24, 168), start="2014-01-01",
             quick_windows=42 * 24, quick_warmup=14 * 24, target="hourly", notes="Victoria demand, hourly means, temperature covariate"),
     Dataset("vic_elec_s168", "bench/accuracy/data/vic_elec.parquet", "1h", 168, 24, "rolling", warmup=28 * 24,
-            covariates=("temperature",), anchor_origins=40, anchor_context=28 * 24, full_only=True,
+            covariates=("temperature",), anchor_origins=30, anchor_context=28 * 24, full_only=True, start="2014-01-01",
             target="hourly", notes="the same stream with the weekly season"),
     Dataset("energy", "replay_data/energy.parquet", "1h", 24, 12, "rolling", warmup=14 * 24,
-            columns=(("channel", "key"),), anchor_origins=20, anchor_context=14 * 24,
+            columns=(("channel", "key"),), anchor_origins=8, anchor_context=28 * 24, seasons=(24, 168), quick_anchor_origins=4,
             quick_windows=42 * 24, quick_warmup=14 * 24, target="hourly", notes="replay_data: appliances, lights, room temperatures"),
     Dataset("bank_calls", "bench/accuracy/data/bank_calls.parquet", "1h", 14, 14, "rolling", warmup=10 * 14,
-            gap="skip", anchor_origins=40, anchor_context=20 * 14,
+            gap="skip", anchor_origins=30, anchor_context=20 * 14, seasons=(14, 70),
             quick_windows=40 * 14, quick_warmup=10 * 14, target="hourly", notes="calls per hour, 07-20 h weekdays (gap skip)"),
     Dataset("stocks", "replay_data/stocks.csv", "1d", 5, 5, "rolling", warmup=250, covariates=("volume",),
             agg=(("value", "last"), ("volume", "sum")), gap="skip", kind="price",
-            columns=(("symbol", "key"), ("date", "ts"), ("close", "value")), anchor_origins=30, anchor_context=500,
+            columns=(("symbol", "key"), ("date", "ts"), ("close", "value")), anchor_origins=15, anchor_context=250,
+            quick_anchor_origins=5,
             quick_windows=500, quick_warmup=250, target="price", notes="replay_data: daily closes (gap skip)"),
     Dataset("us_gasoline", "bench/accuracy/data/us_gasoline.parquet", "1w", 52, 13, "rolling", warmup=5 * 52,
             anchor_origins=40, anchor_context=10 * 52, full_only=True, notes="weekly, 1 series"),
     Dataset("aus_retail", "bench/accuracy/data/aus_retail.parquet", "1mo", 12, 12, "rolling", warmup=60,
-            anchor_origins=4, quick_keys=6, notes="monthly retail turnover, long series"),
+            anchor_origins=3, anchor_context=120, quick_keys=6, notes="monthly retail turnover, long series"),
     Dataset("tourism", "bench/accuracy/data/tourism.parquet", "1q", 4, 8, "rolling", warmup=32,
             anchor_origins=6, quick_keys=10, notes="quarterly trips by region/purpose"),
     Dataset("m1_monthly", "bench/accuracy/data/m1_monthly.parquet", "1mo", 12, 18, "holdout",
@@ -119,6 +122,8 @@ def load(ds: Dataset, quick: bool = False, max_keys: int = 0) -> pl.DataFrame:
         frame = frame.with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
     keep = ["key", "ts", "value", *ds.covariates] + (["split"] if "split" in frame.columns else [])
     frame = frame.select(keep).with_columns(pl.col("ts").cast(UTC_NS), pl.col("value").cast(pl.Float64)).sort("key", "ts")
+    if ds.start:
+        frame = frame.filter(pl.col("ts") >= datetime.fromisoformat(ds.start).replace(tzinfo=timezone.utc))
     keys = frame["key"].unique().sort().to_list()
     n = max_keys or (ds.quick_keys if quick else 0)
     if n and n < len(keys):

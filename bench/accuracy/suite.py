@@ -33,9 +33,10 @@ from common import (DATASETS, FORECAST_COLUMNS, REFERENCE, REPO, UTC_NS, Dataset
                     anchor_origins_of, format_table, interval_ns, key_scales, load, reference_forecasts, sample_origins,
                     scored_origins, scored_rows, series_of, stream_clock, summarise, warmup_of)
 
+ETS_MAX_SEASON = 24  # statsforecast's ETS has no seasonal form beyond 24 (it would fit a non-seasonal model, slowly)
 DEFAULT_MODELS = ["gru", "lstm", "snarimax", "holt_winters", "naive", "seasonal_naive"]
 ORDER = ["gru", "lstm", "transformer", "ensemble", "holt_winters", "snarimax", "holt_winters (tuned)",
-         "snarimax (tuned)", "AutoETS", "AutoTheta", "AutoARIMA", "naive", "seasonal_naive", "naive (ref)", REFERENCE]
+         "snarimax (tuned)", "AutoETS", "AutoTheta", "MSTL", "AutoARIMA", "naive", "seasonal_naive", "naive (ref)", REFERENCE]
 
 # Small grids, chosen per key on the training part only; the first entry of each is streamseq's default.
 HW_GRID = [dict(alpha=0.3, beta=0.05, gamma=0.3)] + [
@@ -46,9 +47,16 @@ SNARIMAX_GRID = [dict(p=2, d=0, q=1)] + [dict(p=p, d=d, q=q) for p, d, q in ((1,
 # ---------------------------------------------------------------- streamseq
 
 
+class ModelCrash(RuntimeError):
+    def __init__(self, model: str, exc: BaseException):
+        super().__init__(f"{model}: {type(exc).__name__}: {exc}")
+        self.model = model
+
+
 @contextlib.contextmanager
 def model_timers(timers: dict[str, float]):
-    """Time each model's update + forecast inside run_backtest (the pipeline calls them on the instances)."""
+    """Time each model's update + forecast inside run_backtest (the pipeline calls them on the instances);
+    an exception from a model comes out as ModelCrash naming it."""
     import streamseq.backtest as bt
 
     original = bt.build_pipeline
@@ -58,6 +66,8 @@ def model_timers(timers: dict[str, float]):
             t0 = time.perf_counter()
             try:
                 return fn(*a, **k)
+            except Exception as exc:
+                raise ModelCrash(name, exc) from exc
             finally:
                 timers[name] = timers.get(name, 0.0) + time.perf_counter() - t0
         return call
@@ -77,8 +87,9 @@ def model_timers(timers: dict[str, float]):
 
 
 def run_streamseq(ds: Dataset, stream: pl.DataFrame, interval: str, warmup: int, work: Path,
-                  transformer_every: int) -> tuple[pl.DataFrame, dict[str, float], float]:
-    """Replay ``stream`` through run_backtest; returns forecasts.parquet, seconds per model, total seconds."""
+                  transformer_every: int) -> tuple[pl.DataFrame, dict[str, float], float, dict[str, str]]:
+    """Replay ``stream`` through run_backtest; returns forecasts.parquet, seconds per model, total seconds
+    and the models that crashed (the replay is run again without a model that raised, so the rest is measured)."""
     from streamseq.backtest import run_backtest
     from streamseq.config import from_dict
 
@@ -87,23 +98,59 @@ def run_streamseq(ds: Dataset, stream: pl.DataFrame, interval: str, warmup: int,
     stream.drop("split", strict=False).sort("ts", "key").write_parquet(src)  # event-time order, as a stream arrives
     models = DEFAULT_MODELS + (["transformer"] if transformer_every else [])
     agg = dict(ds.agg) if isinstance(ds.agg, tuple) else ds.agg
-    cfg = {
-        "name": ds.name, "kind": ds.kind,
-        "source": {"files": [str(src)], "key_col": "key", "time_col": "ts", "value_cols": ["value", *ds.covariates]},
-        "windowing": {"interval": interval, "agg": agg, "gap": ds.gap},
-        "forecast": {"horizon": ds.horizon, "season": ds.season, "models": models, "warmup": warmup, "seed": 0},
-    }
-    if transformer_every:
-        cfg["trainer"] = {"every_windows": transformer_every}
-    timers: dict[str, float] = {}
-    t0 = time.perf_counter()
-    with model_timers(timers):
-        run_backtest(from_dict(cfg), work / "out", progress=False, report=False)
-    total = time.perf_counter() - t0
-    return pl.read_parquet(work / "out" / "forecasts.parquet"), timers, total
+    crashed: dict[str, str] = {}
+    while True:
+        cfg = {
+            "name": ds.name, "kind": ds.kind,
+            "source": {"files": [str(src)], "key_col": "key", "time_col": "ts", "value_cols": ["value", *ds.covariates]},
+            "windowing": {"interval": interval, "agg": agg, "gap": ds.gap},
+            "forecast": {"horizon": ds.horizon, "season": ds.season, "models": models, "warmup": warmup, "seed": 0},
+        }
+        if transformer_every:
+            cfg["trainer"] = {"every_windows": transformer_every}
+        timers: dict[str, float] = {}
+        t0 = time.perf_counter()
+        try:
+            with model_timers(timers):
+                run_backtest(from_dict(cfg), work / "out", progress=False, report=False)
+        except ModelCrash as crash:
+            crashed[crash.model] = str(crash)
+            print(f"  streamseq replay stopped: {crash}; replaying again without {crash.model}", flush=True)
+            models = [m for m in models if m != crash.model]
+            continue
+        total = time.perf_counter() - t0
+        return pl.read_parquet(work / "out" / "forecasts.parquet"), timers, total, crashed
 
 
 # ---------------------------------------------------------------- river, tuned
+
+
+def additive_holt_winters():
+    """river's HoltWinters with the textbook additive start: seasonal components y - level.
+
+    river 0.26 starts them at y / level even when additive; on streamseq's
+    standardised input the level is near 0, so they start huge (or raise
+    ZeroDivisionError on a flat start, e.g. a series opening with zeros).
+    """
+    import statistics
+
+    from river import time_series
+
+    class AdditiveHoltWinters(time_series.HoltWinters):
+        def learn_one(self, y, x=None):
+            if self._initialized or self.multiplicative or self.season is None:
+                return super().learn_one(y, x)
+            self._first_values.append(y)
+            if len(self._first_values) < max(2, self.seasonality):
+                return
+            first = self._first_values
+            self.level.append(statistics.mean(first))
+            if self.trend is not None:
+                self.trend.append(statistics.mean([b - a for a, b in zip(first[:-1], first[1:])]))
+            self.season.extend([v - self.level[-1] for v in first])
+            self._initialized = True
+
+    return AdditiveHoltWinters
 
 
 def river_class(family: str, params: dict):
@@ -112,11 +159,13 @@ def river_class(family: str, params: dict):
     from streamseq.models.river_baselines import HoltWintersForecaster, SNARIMAXForecaster
 
     if family == "holt_winters":
+        hw = additive_holt_winters()
+
         class Tuned(HoltWintersForecaster):
             def make(self):
                 if self.season > 1:
-                    return time_series.HoltWinters(seasonality=self.season, **params)
-                return time_series.HoltWinters(alpha=params["alpha"], beta=params["beta"])
+                    return hw(seasonality=self.season, **params)
+                return hw(alpha=params["alpha"], beta=params["beta"])
     else:
         class Tuned(SNARIMAXForecaster):
             def make(self):
@@ -231,11 +280,12 @@ def warm_statsforecast() -> None:
     """Fit each anchor once on a toy series so one-off compilation and imports stay out of the timed figures."""
     import pandas as pd
     from statsforecast import StatsForecast
-    from statsforecast.models import AutoARIMA, AutoETS, AutoTheta
+    from statsforecast.models import MSTL, AutoARIMA, AutoETS, AutoTheta
 
     y = 10 + np.sin(np.arange(48) * np.pi / 6)
     df = pd.DataFrame({"unique_id": "w", "ds": np.arange(48), "y": y})
-    for m in (AutoETS(season_length=12), AutoTheta(season_length=12), AutoARIMA(season_length=12)):
+    for m in (AutoETS(season_length=12), AutoTheta(season_length=12), AutoARIMA(season_length=12),
+              MSTL(season_length=[4, 12], trend_forecaster=AutoETS(model="ZZN"))):
         StatsForecast(models=[m], freq=1, n_jobs=1).forecast(df=df, h=3, level=[90])
 
 
@@ -256,7 +306,10 @@ def statsforecast_anchor(name: str, ds: Dataset, actuals: pl.DataFrame, origins:
         ds_.append(np.arange(len(y)))
         ys.append(y)
     df = pd.DataFrame({"unique_id": np.concatenate(ids), "ds": np.concatenate(ds_), "y": np.concatenate(ys)})
-    model = getattr(sfm, name)(season_length=ds.season)
+    if name == "MSTL":  # every season of the data, the trend by non-seasonal ETS (the usual MSTL setup)
+        model = sfm.MSTL(season_length=list(ds.seasons), trend_forecaster=sfm.AutoETS(model="ZZN"))
+    else:
+        model = getattr(sfm, name)(season_length=ds.season)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -293,7 +346,7 @@ def run_dataset(ds: Dataset, args, work: Path) -> tuple[pl.DataFrame, dict]:
     anchor_origins = sample_origins(origins, per_key) if ds.protocol == "rolling" else origins
     replayed = stream.filter(pl.col("split") == "train") if ds.protocol == "holdout" else stream  # test parts never replayed
 
-    forecasts, timers, replay_s = run_streamseq(ds, replayed, interval, warmup, work / ds.name, args.transformer)
+    forecasts, timers, replay_s, crashed = run_streamseq(ds, replayed, interval, warmup, work / ds.name, args.transformer)
     forecasts = forecasts.select(FORECAST_COLUMNS)
     wall = {**timers, "ensemble": replay_s}
     parts = [forecasts]
@@ -311,7 +364,8 @@ def run_dataset(ds: Dataset, args, work: Path) -> tuple[pl.DataFrame, dict]:
             tuned[family] = counts
     anchors = []
     if not args.no_statsforecast:
-        names = ["AutoETS", "AutoTheta"] + (["AutoARIMA"] if args.arima and ds.protocol == "holdout" else [])
+        names = (["AutoETS"] if ds.season <= ETS_MAX_SEASON else []) + ["AutoTheta"] \
+            + (["MSTL"] if len(ds.seasons) > 1 else []) + (["AutoARIMA"] if args.arima and ds.protocol == "holdout" else [])
         for name in names:
             f, s = statsforecast_anchor(name, ds, actuals, anchor_origins, interval)
             parts.append(f)
@@ -340,10 +394,21 @@ def run_dataset(ds: Dataset, args, work: Path) -> tuple[pl.DataFrame, dict]:
     info = {
         "keys": actuals["key"].n_unique(), "windows": actuals.height, "interval": interval, "season": ds.season,
         "horizon": ds.horizon, "protocol": ds.protocol, "warmup": warmup, "origins": origins.height,
-        "anchor_origins": anchor_origins.height, "replay_s": replay_s, "tuned": tuned,
+        "anchor_origins": anchor_origins.height, "replay_s": replay_s, "tuned": tuned, "crashed": crashed,
+        "sample_line": sample_line(table, anchors),
         "dataset_s": time.perf_counter() - t_start,
     }
     return table, {"shown": shown, **info}
+
+
+def sample_line(table: pl.DataFrame, anchors: list[str]) -> str:
+    """rel_MAE of the other models on the anchors' sample of origins, to compare with the anchors' rows."""
+    s = table.filter((pl.col("scope") != "all") & ~pl.col("model").is_in(anchors) & ~pl.col("model").str.ends_with("(ref)"))
+    if s.height == 0:
+        return ""
+    rank = {m: i for i, m in enumerate(ORDER)}
+    s = s.sort(pl.col("model").replace_strict(rank, default=len(rank), return_dtype=pl.Int64))
+    return "  rel_MAE on the anchors' sample: " + ", ".join(f"{m} {v:.3f}" for m, v in s.select("model", "rel_MAE").iter_rows())
 
 
 def check_targets(ds: Dataset, shown: pl.DataFrame) -> list[str]:
@@ -427,8 +492,14 @@ def main(argv=None) -> int:
                  if ds.protocol == "rolling" else " (end of each train part), steps 1..h vs the published test part")
               + f"; replay {info['replay_s']:.1f} s, data set {info['dataset_s']:.1f} s")
         print(format_table(info["shown"]))
+        if info["sample_line"]:
+            print(info["sample_line"])
+        for model, error in info["crashed"].items():
+            print(f"  CRASH {error} (streamseq's {model} left out of this table)")
         for family, counts in info["tuned"].items():
-            print(f"  {family} (tuned) picks: " + "; ".join(f"{c} x {p}" for p, c in counts.items()))
+            top = sorted(counts.items(), key=lambda pc: -pc[1])
+            print(f"  {family} (tuned) picks: " + "; ".join(f"{c} x {p}" for p, c in top[:4])
+                  + (f"; {len(top) - 4} more" if len(top) > 4 else ""))
         for lineout in check_targets(ds, info["shown"]):
             print(lineout)
         sys.stdout.flush()
