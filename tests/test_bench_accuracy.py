@@ -117,3 +117,23 @@ def test_committed_data_loads_in_stream_order(name):
     if ds.protocol == "holdout":
         h = frame.filter(pl.col("split") == "test").group_by("key").len()["len"].unique().to_list()
         assert h == [ds.horizon]
+
+
+def test_tuned_river_never_sees_the_test_part():
+    """The grid choice and the forecast at the holdout origin do not move when only the test values change."""
+    import suite
+
+    ds = common.Dataset("toy", "", "1mo", 12, 6, "holdout")
+    out = []
+    for seed_shift in (0.0, 1e3):
+        frame = month_frame({"a": 40, "b": 30}, h=6).with_columns(
+            pl.when(pl.col("split") == "test").then(pl.col("value") + seed_shift).otherwise(pl.col("value")).alias("value"))
+        stream, interval = common.stream_clock(frame, ds.freq)
+        actuals = common.actual_windows(stream, interval)
+        origins = common.scored_origins(actuals, ds, 0)
+        train_len = dict(actuals.filter(pl.col("split") == "train").group_by("key").len().iter_rows())
+        f, _, picks = suite.river_tuned("holt_winters", suite.HW_GRID, ds, actuals, origins, interval, train_len)
+        out.append((f.sort("key", "step"), picks))
+    assert out[0][1] == out[1][1]
+    assert out[0][0]["mean"].to_list() == out[1][0]["mean"].to_list()
+    assert out[0][0].height == 2 * 6 and out[0][0]["mean"].is_finite().all()

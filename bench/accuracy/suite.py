@@ -9,13 +9,10 @@ README.md beside this file gives the scoring rule and the baseline figures.
 """
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch threads must not spin on a shared machine (bench/README.md)
-
 import argparse
 import contextlib
 import logging
+import os
 import shutil
 import sys
 import time
@@ -464,6 +461,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results"), help="folder of the CSV (and work files)")
     ap.add_argument("--keep-work", action="store_true", help="keep each replay's forecasts.parquet under OUT/accuracy-work")
     args = ap.parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: its threads must not spin on a shared machine
 
     names = [n.strip() for n in args.datasets.split(",") if n.strip()] or [
         n for n, d in DATASETS.items() if not (args.quick and d.full_only)]
