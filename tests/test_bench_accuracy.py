@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +13,6 @@ ACC = Path(__file__).resolve().parents[1] / "bench" / "accuracy"
 sys.path.insert(0, str(ACC))
 
 import common  # noqa: E402
-
-UTC = timezone.utc
 
 
 def month_frame(lengths: dict[str, int], h: int, seed: int = 0) -> pl.DataFrame:

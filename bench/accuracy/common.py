@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import polars as pl
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
 UTC_NS = pl.Datetime("ns", "UTC")
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ABSURD_FACTOR = 1e6  # |error| beyond this many key scales (+1) is a diverged forecast (as streamseq.evaluation)
 REFERENCE = "seasonal_naive (ref)"  # the suite's own seasonal naive: the denominator of rel_MAE
 
@@ -91,7 +91,7 @@ def stream_clock(frame: pl.DataFrame, freq: str) -> tuple[pl.DataFrame, str]:
     1970-01-01 (period index since 1970 -> that many days), interval ``1d``.
     When ``--interval 1mo | 1q`` lands, return ``frame, freq`` here instead.
 
-    >>> f = pl.DataFrame({"ts": [datetime(1970, 3, 1, tzinfo=timezone.utc)]})
+    >>> f = pl.DataFrame({"ts": [datetime(1970, 3, 1, tzinfo=UTC)]})
     >>> g, interval = stream_clock(f, "1mo")
     >>> g["ts"][0].isoformat(), interval
     ('1970-01-03T00:00:00+00:00', '1d')
@@ -123,7 +123,7 @@ def load(ds: Dataset, quick: bool = False, max_keys: int = 0) -> pl.DataFrame:
     keep = ["key", "ts", "value", *ds.covariates] + (["split"] if "split" in frame.columns else [])
     frame = frame.select(keep).with_columns(pl.col("ts").cast(UTC_NS), pl.col("value").cast(pl.Float64)).sort("key", "ts")
     if ds.start:
-        frame = frame.filter(pl.col("ts") >= datetime.fromisoformat(ds.start).replace(tzinfo=timezone.utc))
+        frame = frame.filter(pl.col("ts") >= datetime.fromisoformat(ds.start).replace(tzinfo=UTC))
     keys = frame["key"].unique().sort().to_list()
     n = max_keys or (ds.quick_keys if quick else 0)
     if n and n < len(keys):
@@ -226,10 +226,11 @@ def reference_forecasts(actuals: pl.DataFrame, origins: pl.DataFrame, season: in
         step=pl.Series(np.concatenate(steps) if steps else [], dtype=pl.Int64))
     base = base.with_columns(target_ts=pl.col("origin") + pl.duration(nanoseconds=pl.col("step") * step_ns))
     none = pl.lit(None, pl.Float64)
-    return pl.concat([
-        base.with_columns(model=pl.lit("naive (ref)"), mean=pl.Series(np.concatenate(naive) if naive else [], dtype=pl.Float64), lo=none, hi=none),
-        base.with_columns(model=pl.lit(REFERENCE), mean=pl.Series(np.concatenate(snaive) if snaive else [], dtype=pl.Float64), lo=none, hi=none),
-    ]).select(FORECAST_COLUMNS)
+    frames = []
+    for model, means in (("naive (ref)", naive), (REFERENCE, snaive)):
+        mean = pl.Series(np.concatenate(means) if means else [], dtype=pl.Float64)
+        frames.append(base.with_columns(model=pl.lit(model), mean=mean, lo=none, hi=none))
+    return pl.concat(frames).select(FORECAST_COLUMNS)
 
 
 FORECAST_COLUMNS = ["key", "model", "origin", "step", "target_ts", "mean", "lo", "hi"]

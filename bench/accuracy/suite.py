@@ -26,9 +26,28 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from common import (DATASETS, FORECAST_COLUMNS, REFERENCE, REPO, UTC_NS, Dataset, actual_windows,  # noqa: E402
-                    anchor_origins_of, format_table, interval_ns, key_scales, load, reference_forecasts, sample_origins,
-                    scored_origins, scored_rows, series_of, stream_clock, summarise, warmup_of)
+from common import (  # noqa: E402
+    DATASETS,
+    FORECAST_COLUMNS,
+    REFERENCE,
+    REPO,
+    UTC_NS,
+    Dataset,
+    actual_windows,
+    anchor_origins_of,
+    format_table,
+    interval_ns,
+    key_scales,
+    load,
+    reference_forecasts,
+    sample_origins,
+    scored_origins,
+    scored_rows,
+    series_of,
+    stream_clock,
+    summarise,
+    warmup_of,
+)
 
 ETS_MAX_SEASON = 24  # statsforecast's ETS has no seasonal form beyond 24 (it would fit a non-seasonal model, slowly)
 DEFAULT_MODELS = ["gru", "lstm", "snarimax", "holt_winters", "naive", "seasonal_naive"]
@@ -153,6 +172,7 @@ def additive_holt_winters():
 def river_class(family: str, params: dict):
     """streamseq's own river wrapper (running standardisation, divergence guard) with other parameters."""
     from river import compose, linear_model, optim, preprocessing, time_series
+
     from streamseq.models.river_baselines import HoltWintersForecaster, SNARIMAXForecaster
 
     if family == "holt_winters":
@@ -259,7 +279,10 @@ def forecasts_at(origins: pl.DataFrame, by_key: dict, horizon: int, interval: st
         mean.append(m[o])
         lo.append(a[o] if a is not None else np.full(horizon, np.nan))
         hi.append(b[o] if b is not None else np.full(horizon, np.nan))
-    cat = (lambda xs: np.concatenate(xs) if xs else np.array([]))
+
+    def cat(xs):
+        return np.concatenate(xs) if xs else np.array([])
+
     step_ns = interval_ns(interval)
     return pl.DataFrame({
         "key": pl.Series(keys, dtype=pl.String), "origin": pl.Series(orig, dtype=UTC_NS),
