@@ -92,8 +92,6 @@ def write_report(
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{_esc(title)}</h1>",
         _warnings_banner(warnings),
-        _summary_table(summary),
-        _provenance(provenance),
         "<h2>Overall metrics</h2>",
         _diverged_note(metrics),
         _overall_with_skill(metrics, header, rows, level, baseline),
@@ -101,6 +99,9 @@ def write_report(
         "seasonal-naive error; sMAPE in percent; skill: 1 − MASE / MASE of seasonal naive on the same "
         "forecasts (above 0 beats it); coverage: share of actuals inside the forecast interval; count: "
         "forecasts scored; diverged: non-finite or absurd forecasts, left out of the other metrics.</p>",
+        "<h2>The run</h2>" if summary or provenance else "",
+        _summary_table(summary),
+        _provenance(provenance),
     ]
 
     with matplotlib.rc_context(rc=_RC):
@@ -141,20 +142,23 @@ def write_index(path: str | Path, runs: Sequence[dict[str, Any]]) -> None:
     best of each row in bold."""
     models = sorted({m for r in runs for m in evaluation.overall(r["metrics"])["model"].to_list()},
                     key=lambda m: (m == "ensemble", m))
-    head = ["stream", "keys", "records", "dead letters", "warnings", "best (MASE)", *models]
+    head = ["stream", "keys", "records", "dead letters", "warnings", "best (MASE)", "its skill vs seasonal naive",
+            *models]
     body = []
     for r in runs:
         overall = evaluation.overall(r["metrics"]).filter(pl.col("count") > 0)
         mase = dict(zip(overall["model"].to_list(), overall["MASE"].to_list()))
         finite = {m: v for m, v in mase.items() if v is not None}
         best = min(finite, key=finite.get) if finite else None
+        skill = dict(zip(*evaluation.with_skill(overall).select("model", "skill").to_dict(as_series=False).values()))
         s, name = r["summary"], r["name"]
         cells = [f'<td><a href="{_esc(name)}/report.html">{_esc(name)}</a></td>',
                  f'<td class="num">{_esc(s.get("keys", ""))}</td>',
                  f'<td class="num">{s.get("records", 0):,}</td>',
                  f'<td class="num">{s.get("dead letters", 0):,}</td>',
                  f'<td class="num">{len(r.get("warnings", []))}</td>',
-                 f"<td>{_esc(best or '-')}</td>"]
+                 f"<td>{_esc(best or '-')}</td>",
+                 f'<td class="num">{_skill(skill.get(best))}</td>']
         for m in models:
             text = evaluation.format_number(mase.get(m), 3) if m in mase else ""
             cells.append(f'<td class="num">{"<b>" + text + "</b>" if m == best else _esc(text)}</td>')
@@ -196,7 +200,9 @@ def _summary_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(str(v) for v in value)
     if isinstance(value, float):
-        return evaluation.format_number(value)
+        return f"{value:,.6g}"
+    if isinstance(value, int):
+        return f"{value:,}"
     return str(value)
 
 
@@ -329,7 +335,7 @@ def _empty(ax, text: str) -> None:
 
 
 def _step_figure(metrics: pl.DataFrame, models: list[str], colors: dict[str, str], level: float) -> Figure:
-    fig = Figure(figsize=(11, 3.2), layout="constrained")
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
     axes = fig.subplots(1, 3)
     steps = evaluation.error_by_step(metrics).with_columns(pl.col("step").cast(pl.Int64))
     for ax, metric in zip(axes, ("MAE", "MASE", "coverage")):
@@ -344,7 +350,8 @@ def _step_figure(metrics: pl.DataFrame, models: list[str], colors: dict[str, str
             _empty(ax, "no scored forecasts")
     axes[2].axhline(level, color="#888", lw=1, ls="--", label=f"nominal {level:.0%}")
     if models and steps.height:
-        axes[2].legend(loc="best")
+        fig.legend(*axes[2].get_legend_handles_labels(), loc="outside lower center", ncols=min(8, len(models) + 1),
+                   frameon=False)
     return fig
 
 
@@ -425,7 +432,7 @@ def _key_figure(
         _empty(wide, "no actuals" if act.height == 0 else "no forecasts")
         return fig
 
-    origin = _fan_origin(fk, act["end"].max())
+    origin = _fan_origin(fk, act)
     horizon = int(fk["step"].max())
     context = max(_CONTEXT_HORIZONS * horizon, _MIN_CONTEXT)
     before = act.filter(pl.col("end") <= origin)
@@ -469,11 +476,13 @@ def _key_figure(
     return fig
 
 
-def _fan_origin(fk: pl.DataFrame, last_actual):
-    """The latest origin whose whole horizon is already observed, else the earliest origin."""
-    ends = fk.group_by("origin").agg(pl.col("target_ts").max().alias("last")).sort("origin")
-    complete = ends.filter(pl.col("last") <= last_actual)
-    return complete["origin"][-1] if complete.height else ends["origin"][0]
+def _fan_origin(fk: pl.DataFrame, act: pl.DataFrame):
+    """The latest origin with the most of its steps observed (a whole horizon of actuals where there is one)."""
+    seen = act.select(pl.col("end").alias("target_ts"), observed=pl.lit(1))
+    per_origin = (fk.select("origin", "target_ts").unique().join(seen, on="target_ts", how="left")
+                  .group_by("origin").agg(pl.col("observed").sum().alias("n")).sort("origin"))
+    best = per_origin.filter(pl.col("n") == pl.col("n").max())
+    return best["origin"][-1]
 
 
 def _clipped(series: pl.Series, bounds: tuple[float, float]) -> np.ndarray:
