@@ -79,7 +79,8 @@ class RNNSection:
     learn: bool = True
     norm_alpha: float = 0.01
     target: str = "delta"
-    scale: str = "auto"  # output unit: level | change | auto (change for kind = "price", else level)
+    scale: str = "auto"  # transformer output unit: level | change | auto (change for kind = "price", else level)
+    calendar: str = "auto"  # calendar features: auto (periods that vary at the interval; none for prices) | none | e.g. "day,week"
 
 
 @dataclass
@@ -337,6 +338,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError("rnn.target", f"'delta' or 'level', got {cfg.rnn.target!r}")
     if cfg.rnn.scale not in ("auto", "level", "change"):
         raise ConfigError("rnn.scale", f"auto, level or change, got {cfg.rnn.scale!r}")
+    try:
+        from .models.features import calendar_periods
+
+        calendar_periods(w.interval_ns, cfg.rnn.calendar)
+    except ValueError as exc:
+        raise ConfigError("rnn.calendar", f"auto, none or a comma list of day, week, year ({exc})") from None
     if cfg.rnn.learn_every < 1:
         raise ConfigError("rnn.learn_every", "a positive integer")
     if cfg.rnn.hidden < 1 or cfg.rnn.tbptt < 1:

@@ -8,7 +8,7 @@ import torch
 from .config import Config
 from .models import NaiveForecaster, RNNConfig, SeasonalNaiveForecaster, StatefulRNNForecaster
 from .models.base import BatchForecaster
-from .models.normalise import output_scale
+from .models.features import calendar_periods
 from .pipeline import Pipeline
 from .windowing import WindowSpec, build_spec
 
@@ -46,8 +46,17 @@ def rnn_config(cfg: Config, cell: str, n_features: int) -> RNNConfig:
         cell=cell, hidden=r.hidden, horizon=cfg.forecast.horizon, n_features=n_features,
         tbptt=r.tbptt, learn_every=r.learn_every, lr=r.lr, optimizer=r.optimizer, learn=r.learn,
         norm_alpha=r.norm_alpha, target=r.target, seed=cfg.forecast.seed,
-        scale=output_scale(cfg),
+        season=cfg.forecast.season, calendar=",".join(rnn_calendar(cfg)),
     )
+
+
+def rnn_calendar(cfg: Config) -> tuple[str, ...]:
+    """Calendar periods the RNN sees: ``[rnn] calendar`` ("auto": those that vary at the interval,
+    none for prices, whose calendar effects are too weak to pay for the noise they add)."""
+    mode = cfg.rnn.calendar
+    if mode == "auto" and cfg.kind == "price":
+        return ()
+    return calendar_periods(cfg.windowing.interval_ns, mode)
 
 
 def build_model(cfg: Config, name: str, n_features: int) -> BatchForecaster:
