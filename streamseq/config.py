@@ -144,7 +144,9 @@ class TrainerConfig:
     max_samples: int = 50_000  # training samples per run at most (a seeded random subset)
     min_context: int = 4  # windows of history a sample's origin needs (shorter contexts are left-padded)
     warm_start: bool = True  # start from the weights in service rather than a fresh init
-    rnn_epochs: int = 1  # passes of offline TBPTT when refreshing GRU/LSTM weights
+    rnn_epochs: int = 8  # passes of the online learner over the stored windows when refreshing GRU/LSTM weights
+    rnn_max_keys: int = 5000  # keys a GRU/LSTM refresh trains on at most (a seeded random subset); 0 = all
+    fit_first: int = 0  # replay: once the stream has N windows, fit GRU/LSTM (and train the transformer) on them
     threads: int = 0  # torch threads of the trainer; 0 = half the cores (at least 1)
     nice: int = 10  # niceness of the trainer process (when idle_priority is off or unavailable)
     idle_priority: bool = True  # trainer under SCHED_IDLE (Linux): it only gets CPU time the stream leaves
@@ -356,6 +358,9 @@ def validate(cfg: Config) -> None:
         parse_duration(cfg.store.retention, "store.retention")
     if cfg.trainer.every:
         parse_duration(cfg.trainer.every, "trainer.every")
+    if cfg.trainer.fit_first < 0 or cfg.trainer.rnn_epochs < 0 or cfg.trainer.rnn_max_keys < 0:
+        bad = next(k for k in ("fit_first", "rnn_epochs", "rnn_max_keys") if getattr(cfg.trainer, k) < 0)
+        raise ConfigError(f"trainer.{bad}", "0 or a positive integer")
     if cfg.logging.format not in ("auto", "json", "text"):
         raise ConfigError("logging.format", f"auto, json or text, got {cfg.logging.format!r}")
     if not cfg.source.value_cols:
