@@ -144,7 +144,8 @@ class TrainerConfig:
     max_samples: int = 50_000  # training samples per run at most (a seeded random subset)
     min_context: int = 4  # windows of history a sample's origin needs (shorter contexts are left-padded)
     warm_start: bool = True  # start from the weights in service rather than a fresh init
-    rnn_epochs: int = 8  # passes of the online learner over the stored windows when refreshing GRU/LSTM weights
+    rnn_epochs: int = 3  # passes of the online learner over the stored windows when refreshing GRU/LSTM weights
+    rnn_lr: float = 0.001  # learning rate of those passes
     rnn_max_keys: int = 5000  # keys a GRU/LSTM refresh trains on at most (a seeded random subset); 0 = all
     fit_first: int = 0  # replay: once the stream has N windows, fit GRU/LSTM (and train the transformer) on them
     threads: int = 0  # torch threads of the trainer; 0 = half the cores (at least 1)

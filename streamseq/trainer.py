@@ -307,7 +307,7 @@ class Trainer:
             net.load_state_dict(init)
         epochs = self.cfg.trainer.rnn_epochs if epochs is None else epochs
         t0 = time.perf_counter()
-        net, loss = rnn_fit.fit(net, params, data, self.grid, epochs=epochs, lr=self.cfg.rnn.lr, seed=seed)
+        net, loss = rnn_fit.fit(net, params, data, self.grid, epochs=epochs, lr=self.cfg.trainer.rnn_lr, seed=seed)
         meta = {"train_loss": loss, "epochs": epochs, "seed": seed, "warm_start": init is not None,
                 "train_seconds": round(time.perf_counter() - t0, 3)}
         return Candidate(name, net, artifact_config(name, params), meta)
@@ -379,7 +379,7 @@ class Trainer:
         metrics = {"val_mae": c_mae, "incumbent_val_mae": i_mae, "val_samples": n_val,
                    "improvement": (1 - c_mae / i_mae) if i_mae > 0 else 0.0}
         if accepted:
-            cand.net, _ = rnn_fit.fit(cand.net, params, data, self.grid, epochs=1, lr=self.cfg.rnn.lr, seed=seed)
+            cand.net, _ = rnn_fit.fit(cand.net, params, data, self.grid, epochs=1, lr=self.cfg.trainer.rnn_lr, seed=seed)
         return self._publish(name, cand, metrics, accepted, inc_version,
                              {"keys": int(len(data.keys)), "windows": int(len(data)), "train_windows": int(len(train)),
                               "data_start": int(self.grid.start_of(int(data.wid.min()))),

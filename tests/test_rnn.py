@@ -20,8 +20,7 @@ def newest_inputs(m, slots):
     """The cell input the model computed for each key's newest window (recomputed from its state)."""
     slots = np.asarray(slots)
     n = m._n[slots]
-    _, _, change = m._units(slots, n)
-    return m._inputs(slots, m._vals[slots], m._step[slots], n, change, np.array([m._R - 1]))[:, 0]
+    return m._inputs(slots, m._vals[slots], m._step[slots], n, np.array([m._R - 1]))[:, 0]
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
@@ -207,8 +206,7 @@ def test_h_lag_is_the_state_before_the_first_origin_of_the_ring(learn_every):
         m.update(slots, xs[t][:, None], REAL(2))
         n = m._n[slots]
         if n[0] >= R - p:
-            _, _, change = m._units(slots, n)
-            x0 = m._inputs(slots, m._vals[slots], m._step[slots], n, change, np.array([p]))[:, 0]
+            x0 = m._inputs(slots, m._vals[slots], m._step[slots], n, np.array([p]))[:, 0]
             with torch.no_grad():
                 h = m.net.step(x0, h)
     torch.testing.assert_close(m._h_lag[:2], h, rtol=1e-5, atol=1e-6)

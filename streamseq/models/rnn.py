@@ -53,6 +53,9 @@ from .normalise import RunningStats
 MIN_ROWS = 16
 CLIP = 10.0  # normalised inputs are clipped to ±CLIP
 TARGET_CLIP = 20.0  # learning targets, in units of the baseline's error
+TRUST_GAIN = 0.05  # a key uses its full correction once that cuts its step-1 error by 5 %
+TRUST_ALPHA = 0.05  # weight of the newest error in the trust statistics
+PRIOR_N = 4  # windows of weight of the random-walk prior of a lag's error (young keys)
 GAIN_MIN = 0.03  # share of the naive error² the seasonal blend must remove before it is used (fully at 2×)
 
 
@@ -93,7 +96,12 @@ class RNNConfig:
     @property
     def ring(self) -> int:
         """R: windows a key keeps (k origins, their H targets, one season of lags before them)."""
-        return self.horizon + self.tbptt + max(1, self.season)
+        return self.horizon + self.tbptt + self.local
+
+    @property
+    def local(self) -> int:
+        """W: windows a key's local level and unit are taken over (at least a season)."""
+        return max(8, self.season)
 
     @property
     def max_lag(self) -> int:
@@ -154,6 +162,7 @@ class StatefulRNNForecaster(BatchForecaster):
         self._lag_pos = self._R - H - config.tbptt  # first origin of a learning step (position in the ring)
         self._Ls = seasonal_lags(H, self._m)  # (H,) seasonal-naive lag of step j
         self._Lmax = config.max_lag
+        self._W = config.local
         S = self.net.state_size
         self._h = torch.zeros(0, S)
         self._h_lag = torch.zeros(0, S)
@@ -163,6 +172,7 @@ class StatefulRNNForecaster(BatchForecaster):
         self._n = np.zeros(0, np.int64)
         self._sq = np.zeros((0, self._Lmax), np.float32)
         self._cross = np.zeros((0, H), np.float32)
+        self._trust = np.zeros((0, 4), np.float32)  # last step-1 baseline and correction; their tracked |errors|
         self._stats = RunningStats(F, config.norm_alpha)
         self.last_loss = float("nan")
 
@@ -182,12 +192,13 @@ class StatefulRNNForecaster(BatchForecaster):
         self._n = grow(self._n, capacity, 0)
         self._sq = grow(self._sq, capacity, 0.0)
         self._cross = grow(self._cross, capacity, 0.0)
+        self._trust = grow(self._trust, capacity, 0.0)
         self._stats.ensure_capacity(capacity)
 
     # -- what the network sees ----------------------------------------------------
-    def _units(self, slots, nseen) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per key: (n, H) weight of seasonal naive in the baseline, (n, H) the baseline's tracked
-        RMS error (the output unit), (n,) the unit of change inputs."""
+    def _units(self, slots, nseen) -> tuple[np.ndarray, np.ndarray]:
+        """Per key: (n, H) weight of seasonal naive in the baseline and (n, H) the baseline's tracked
+        RMS error (the output unit)."""
         sq = self._sq[slots].astype(np.float64)
         H = self.horizon
         A = sq[:, :H]  # naive error² of step j
@@ -201,8 +212,16 @@ class StatefulRNNForecaster(BatchForecaster):
         # (on a random walk the tracked weight wanders around 0.1-0.2 and the blend would cost ~1%).
         gain = np.where(A > 0, 1 - e2 / np.where(A > 0, A, 1.0), 1.0)
         w = w * np.clip((gain - GAIN_MIN) / GAIN_MIN, 0, 1)
-        w = np.where(nseen[:, None] > self._Ls[None, :] + 1, w, 0.0)  # a seasonal lag needs a season of data
-        e2 = (1 - w) ** 2 * A + 2 * w * (1 - w) * C + w * w * B
+        seen = nseen[:, None] > self._Ls[None, :] + 1  # a seasonal lag needs a season of data
+        w = np.where(seen, w, 0.0)
+        # The output unit is the better single baseline's RMS error: the blend's own estimate can come
+        # out near 0 when A, B and C are noisy, and a tiny unit would blow up that key's loss. A lag seen
+        # only a few times is shrunk towards L × the one-window error (a random walk's).
+        lags = np.arange(1, sq.shape[1] + 1)
+        seen_n = np.maximum(nseen[:, None] - lags[None, :], 0)
+        prior = lags[None, :] * sq[:, :1]
+        sqs = (seen_n * sq + PRIOR_N * prior) / (seen_n + PRIOR_N)
+        e2 = np.where(seen, np.minimum(sqs[:, :H], sqs[:, self._Ls - 1]), sqs[:, :H])
         mean, var = self._stats.mean[slots][:, 0], self._stats.var[slots][:, 0]
         floor = 1e-3 * (np.abs(mean) + np.sqrt(var)) + 1e-9
         if self.config.target == "level":
@@ -210,8 +229,7 @@ class StatefulRNNForecaster(BatchForecaster):
             w = np.zeros_like(w)
         else:
             unit = np.sqrt(np.maximum(e2, 0.0)) + floor[:, None]
-        change = np.sqrt(sq[:, 0]) + 0.05 * np.sqrt(var) + floor
-        return w, unit, change
+        return w, unit
 
     def _ring_wids(self, steps: torch.Tensor, wid: np.ndarray) -> np.ndarray:
         """(n, R) window id of every ring position, from the newest id and the steps between windows."""
@@ -237,20 +255,45 @@ class StatefulRNNForecaster(BatchForecaster):
             feats = calendar_features(self.grid.start_of(uniq), periods)[inv]
         return torch.from_numpy(np.array(feats, np.float32)).reshape(*wids.shape, 2 * len(periods))
 
-    def _inputs(self, slots, vals, steps, nseen, change, positions: np.ndarray, wids=None) -> torch.Tensor:
+    def _local(self, vals, nseen, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Level and unit of every feature around each of these ring positions, from the ring alone: the
+        mean of the last W windows and the mean |one-window change| over them (W = max(season, 8)).
+
+        Inputs normalised this way are the same whenever they are computed (when the window arrives,
+        in a later learning step, on a hot swap's rewarm): running statistics would have moved on, and
+        a key's early windows would look different to the learner than they did to the stream."""
+        R, W = self._R, self._W
+        first = torch.from_numpy(R - np.minimum(nseen, R))[:, None]  # (n, 1) first position holding a window
+        pos = torch.arange(R)[None, :]
+        have = (pos >= first).to(vals.dtype)[..., None]  # (n, R, 1)
+        dhave = have[:, 1:] * have[:, :-1]  # a change needs both windows
+        v = vals * have
+        d = (vals[:, 1:] - vals[:, :-1]).abs() * dhave  # (n, R-1, F)
+        zero = vals.new_zeros(vals.shape[0], 1, vals.shape[2])
+        cv, cn = torch.cat([zero, v.cumsum(1)], 1), torch.cat([zero[..., :1], have.cumsum(1)], 1)  # (n, R+1, .)
+        cd, cdn = torch.cat([zero, zero, d.cumsum(1)], 1), torch.cat([zero[..., :1], zero[..., :1], dhave.cumsum(1)], 1)
+        P = torch.from_numpy(np.asarray(positions))
+        lo = (P - W + 1).clamp(min=0)
+        cnt = (cn[:, P + 1] - cn[:, lo]).clamp(min=1.0)
+        level = (cv[:, P + 1] - cv[:, lo]) / cnt  # (n, P, F)
+        dcnt = cdn[:, P + 1] - cdn[:, lo + 1]
+        mad = (cd[:, P + 1] - cd[:, lo + 1]) / dcnt.clamp(min=1.0)
+        unit = torch.maximum(mad, 1e-3 * level.abs()) + 1e-9
+        return level, unit
+
+    def _inputs(self, slots, vals, steps, nseen, positions: np.ndarray, wids=None) -> torch.Tensor:
         """(n, P, n_in) cell inputs of the windows at these ring positions."""
-        F, R, m = self.config.n_features, self._R, self._m
+        R, m = self._R, self._m
         P = torch.from_numpy(np.asarray(positions))
         first = torch.from_numpy(R - np.minimum(nseen, R))[:, None]  # first position holding a window
         x = vals[:, P]  # (n, P, F)
         if self.config.normalize:
-            mean = torch.from_numpy(self._stats.mean[slots]).float()[:, None, :]
-            scale = torch.from_numpy(self._stats.scale(slots)).float()[:, None, :]
-            z = ((x - mean) / scale).clamp_(-CLIP, CLIP)
+            level, unit = self._local(vals, nseen, positions)
+            z = ((x - level) / unit).clamp_(-CLIP, CLIP)
+            cu = unit[..., 0]
         else:
-            z = x
+            z, cu = x, torch.ones(x.shape[:2])
         y = vals[:, :, 0]
-        cu = torch.from_numpy(change).float()[:, None]
         ok1 = (P[None, :] - 1 >= first)
         oks = (P[None, :] - m >= first)
         d1 = torch.where(ok1, (y[:, P] - y[:, (P - 1).clamp(min=0)]) / cu, 0.0).clamp_(-CLIP, CLIP)
@@ -262,7 +305,7 @@ class StatefulRNNForecaster(BatchForecaster):
             parts.append(self._calendar(w[:, np.asarray(positions)]))
         return torch.cat(parts, dim=2)
 
-    def _step_features(self, slots, vals, nseen, w, change, origins: np.ndarray, target_wids: np.ndarray):
+    def _step_features(self, slots, vals, nseen, w, origins: np.ndarray, target_wids: np.ndarray):
         """Baseline (n, K, H) float64 and head features (n, K, H, n_step) of origins at these ring positions.
 
         ``target_wids``: (n, K, H) window ids of the targets (their calendar)."""
@@ -278,7 +321,8 @@ class StatefulRNNForecaster(BatchForecaster):
         base = y_o + ws * (y_s - y_o)
         if self.config.target == "level":
             base = np.broadcast_to(self._stats.mean[slots][:, 0][:, None, None], base.shape).copy()
-        s0 = np.clip((y_s - y_o) / change[:, None, None], -CLIP, CLIP).astype(np.float32)
+        _, lunit = self._local(vals, nseen, O)
+        s0 = np.clip((y_s - y_o) / lunit[..., 0].double().numpy()[:, :, None], -CLIP, CLIP).astype(np.float32)
         parts = [torch.from_numpy(s0)[..., None]]
         if self.config.periods:
             parts.append(self._calendar(target_wids))
@@ -306,7 +350,7 @@ class StatefulRNNForecaster(BatchForecaster):
         nseen = n + 1
         self._n[slots] = nseen
         self._track_errors(slots, vals, steps, nseen, real)
-        w, _, change = self._units(slots, nseen)
+        w, _ = self._units(slots, nseen)
         wids = self._ring_wids(steps, new_wid) if c.periods else None
         if c.learn:
             # A key learns on real windows, every learn_every-th one; gap-filled windows bring no
@@ -314,18 +358,21 @@ class StatefulRNNForecaster(BatchForecaster):
             due = real & ((nseen % c.learn_every) == 0) & (nseen >= self.horizon + 1)
             rest = ~due
             if rest.any():
-                self._advance_lag(slots[rest], vals[rest], steps[rest], nseen[rest], change[rest],
+                self._advance_lag(slots[rest], vals[rest], steps[rest], nseen[rest],
                                   None if wids is None else wids[rest])
             if due.any():
                 idx = np.flatnonzero(due)
                 for a in range(0, len(idx), c.max_learn_keys):
                     i = idx[a:a + c.max_learn_keys]
-                    self._learn(slots[i], vals[i], steps[i], nseen[i], w[i], change[i],
-                                None if wids is None else wids[i])
-        xin = self._inputs(slots, vals, steps, nseen, change, np.array([self._R - 1]), wids)[:, 0]
+                    self._learn(slots[i], vals[i], steps[i], nseen[i], w[i], None if wids is None else wids[i])
+        xin = self._inputs(slots, vals, steps, nseen, np.array([self._R - 1]), wids)[:, 0]
         self.net.eval()
         with torch.no_grad():
             self._h[slots] = _padded(self.net.step, xin, self._h[slots])
+        self._track_trust(slots, x[:, 0], real, nseen)
+        base, corr = self._corrected(slots)
+        self._trust[slots, 0] = base[:, 0]
+        self._trust[slots, 1] = corr[:, 0]
 
     def _track_errors(self, slots, vals, steps, nseen, real) -> None:
         """Running mean square of the change over 1..Lmax windows and of the naive × seasonal-naive errors."""
@@ -345,7 +392,7 @@ class StatefulRNNForecaster(BatchForecaster):
         ac = a[:, Ls - 1]
         self._cross[slots] = np.where(okc, cross + ac * (prod - cross), cross).astype(np.float32)
 
-    def _advance_lag(self, slots, vals, steps, nseen, change, wids) -> None:
+    def _advance_lag(self, slots, vals, steps, nseen, wids) -> None:
         """h_lag is the state just before the first origin of the NEXT learning step: step it past
         this ring's first origin (when the key has it). Keys that learn get this from _learn."""
         p = self._lag_pos
@@ -354,13 +401,13 @@ class StatefulRNNForecaster(BatchForecaster):
             return
         sel = np.flatnonzero(have)
         s = slots[sel]
-        x0 = self._inputs(s, vals[sel], steps[sel], nseen[sel], change[sel], np.array([p]),
+        x0 = self._inputs(s, vals[sel], steps[sel], nseen[sel], np.array([p]),
                           None if wids is None else wids[sel])[:, 0]
         self.net.eval()
         with torch.no_grad():
             self._h_lag[s] = _padded(self.net.step, x0, self._h_lag[s])
 
-    def _learn(self, slots, vals, steps, nseen, w, change, wids) -> None:
+    def _learn(self, slots, vals, steps, nseen, w, wids) -> None:
         c = self.config
         k, H, R, p0 = c.tbptt, c.horizon, self._R, self._lag_pos
         O = p0 + np.arange(k)  # origin positions
@@ -368,17 +415,17 @@ class StatefulRNNForecaster(BatchForecaster):
         valid = torch.from_numpy(np.arange(R)[None, :] >= first[:, None])  # (n, R)
         if wids is None and c.periods:
             wids = self._ring_wids(steps, self._wid[slots])
-        xin = self._inputs(slots, vals, steps, nseen, change, O, wids)  # (n, k, n_in)
+        xin = self._inputs(slots, vals, steps, nseen, O, wids)  # (n, k, n_in)
         tpos = O[:, None] + np.arange(1, H + 1)[None, :]  # (k, H) target positions
         twids = wids[:, tpos] if wids is not None else np.zeros((len(slots), k, H), np.int64)
-        base, s = self._step_features(slots, vals, nseen, w, change, O, twids)
-        _, unit, _ = self._units(slots, nseen)
+        base, s = self._step_features(slots, vals, nseen, w, O, twids)
+        _, unit = self._units(slots, nseen)
         y = vals[:, :, 0].double().numpy()[:, tpos]  # (n, k, H)
         tgt = torch.from_numpy(np.clip((y - base) / unit[:, None, :], -TARGET_CLIP, TARGET_CLIP)).float()
         fill = torch.from_numpy(steps.numpy()[:, tpos] < 0)
         mask = valid[:, O][:, :, None] & valid[:, tpos] & ~fill  # (n, k, H)
         if not mask.any():
-            self._advance_lag(slots, vals, steps, nseen, change, wids)
+            self._advance_lag(slots, vals, steps, nseen, wids)
             return
         self.net.train()
         state = self._h_lag[slots]
@@ -404,19 +451,45 @@ class StatefulRNNForecaster(BatchForecaster):
         self._h_lag[slots] = lag_next
         self.last_loss = float(loss.detach())
 
+    def _corrected(self, slots) -> tuple[np.ndarray, np.ndarray]:
+        """(n, H) baseline and (n, H) the network's correction of it, in the target's units."""
+        nseen = self._n[slots]
+        w, unit = self._units(slots, nseen)
+        twids = self._wid[slots][:, None, None] + np.arange(1, self.horizon + 1)[None, None, :]  # (n, 1, H)
+        base, s = self._step_features(slots, self._vals[slots], nseen, w, np.array([self._R - 1]), twids)
+        self.net.eval()
+        with torch.no_grad():
+            out = _padded(self.net.out, self._h[slots], s[:, 0]).double().numpy()  # (n, H)
+        return base[:, 0], unit * out
+
+    def trust(self, slots) -> np.ndarray:
+        """(n,) share of the network's correction a key's forecasts use: 1 where its corrections have
+        cut the baseline's step-1 error by TRUST_GAIN or more lately, 0 where they have not helped."""
+        e_base, e_net = self._trust[slots, 2].astype(np.float64), self._trust[slots, 3].astype(np.float64)
+        return np.where(e_base > 0, np.clip((1 - e_net / np.where(e_base > 0, e_base, 1.0)) / TRUST_GAIN, 0, 1), 1.0)
+
     def forecast(self, slots):
         slots = np.ascontiguousarray(slots)
         if len(slots) == 0:
             return np.zeros((0, self.horizon))
-        nseen = self._n[slots]
-        vals = self._vals[slots]
-        w, unit, change = self._units(slots, nseen)
-        twids = self._wid[slots][:, None, None] + np.arange(1, self.horizon + 1)[None, None, :]  # (n, 1, H)
-        base, s = self._step_features(slots, vals, nseen, w, change, np.array([self._R - 1]), twids)
-        self.net.eval()
-        with torch.no_grad():
-            out = _padded(self.net.out, self._h[slots], s[:, 0]).double().numpy()  # (n, H)
-        return base[:, 0] + unit * out
+        base, corr = self._corrected(slots)
+        return base + self.trust(slots)[:, None] * corr
+
+    def _track_trust(self, slots, y, real, nseen) -> None:
+        """Score the last step-1 forecast with and without the correction; remember this one's."""
+        t = self._trust[slots].astype(np.float64)
+        ok = real & (nseen > 1)
+        a = np.maximum(1.0 / np.maximum(nseen - 1, 1), TRUST_ALPHA)
+        e_base, e_net = np.abs(y - t[:, 0]), np.abs(y - t[:, 0] - t[:, 1])
+        t[:, 2] = np.where(ok, t[:, 2] + a * (e_base - t[:, 2]), t[:, 2])
+        t[:, 3] = np.where(ok, t[:, 3] + a * (e_net - t[:, 3]), t[:, 3])
+        self._trust[slots] = t.astype(np.float32)
+
+    def output_unit(self, slots) -> np.ndarray:
+        """(n, H) the unit of the network's output for forecasts made now (errors in it are comparable
+        across keys)."""
+        slots = np.ascontiguousarray(slots)
+        return self._units(slots, self._n[slots])[1]
 
     # -- hot swap -------------------------------------------------------------
     def load_weights(self, state_dict: dict, version: str, rewarm: bool = True) -> None:
@@ -438,9 +511,8 @@ class StatefulRNNForecaster(BatchForecaster):
         R = self._R
         nseen = self._n[slots]
         vals, steps = self._vals[slots], self._step[slots]
-        _, _, change = self._units(slots, nseen)
         valid = torch.from_numpy(np.arange(R)[None, :] >= (R - np.minimum(nseen, R))[:, None])
-        xn = self._inputs(slots, vals, steps, nseen, change, np.arange(R))
+        xn = self._inputs(slots, vals, steps, nseen, np.arange(R))
         self.net.eval()
         with torch.no_grad():
             state = torch.zeros(len(slots), self.net.state_size)
@@ -463,6 +535,7 @@ class StatefulRNNForecaster(BatchForecaster):
             "n": self._n[slots].copy(),
             "sq": self._sq[slots].copy(),
             "cross": self._cross[slots].copy(),
+            "trust": self._trust[slots].copy(),
             **self._stats.snapshot(slots),
         }
 
@@ -475,6 +548,7 @@ class StatefulRNNForecaster(BatchForecaster):
         self._n[slots] = state["n"]
         self._sq[slots] = state["sq"]
         self._cross[slots] = state["cross"]
+        self._trust[slots] = state["trust"]
         self._stats.restore(slots, state)
 
     def reset(self, slots):
@@ -486,6 +560,7 @@ class StatefulRNNForecaster(BatchForecaster):
         self._n[slots] = 0
         self._sq[slots] = 0.0
         self._cross[slots] = 0.0
+        self._trust[slots] = 0.0
         self._stats.reset(slots)
 
     def config_dict(self) -> dict:

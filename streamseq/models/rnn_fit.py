@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from .rnn import RNNConfig, RNNNet, StatefulRNNForecaster
+from .rnn import TARGET_CLIP, RNNConfig, RNNNet, StatefulRNNForecaster
 
 RESERVED = ("key", "end", "count", "filled")
 
@@ -101,8 +101,9 @@ def fit(net: RNNNet, config: RNNConfig, data: WindowArrays, grid, *, epochs: int
 
 
 def evaluate(net: RNNNet, config: RNNConfig, data: WindowArrays, grid, from_wid: int) -> tuple[float, int]:
-    """Mean |error| in units of each key's baseline error over the real targets at or after ``from_wid``
-    of forecasts made along ``data`` with learning off; and how many were scored."""
+    """Mean |error| in units of each key's baseline error (each capped at TARGET_CLIP, as the loss is, so a
+    young key's tiny unit cannot decide the gate) over the real targets at or after ``from_wid`` of
+    forecasts made along ``data`` with learning off; and how many were scored."""
     m = _model(net, config, grid, len(data.keys), learn=False)
     H = config.horizon
     pending: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # origin wid -> slots, forecasts, units
@@ -118,13 +119,12 @@ def evaluate(net: RNNNet, config: RNNConfig, data: WindowArrays, grid, from_wid:
                 common, i_new, i_old = np.intersect1d(slots[~filled], ps, return_indices=True)
                 if len(common):
                     y = x[~filled][i_new, 0]
-                    total += float(np.sum(np.abs(y - pf[i_old, j - 1]) / pu[i_old, j - 1]))
+                    total += float(np.sum(np.minimum(np.abs(y - pf[i_old, j - 1]) / pu[i_old, j - 1], TARGET_CLIP)))
                     count += len(common)
         m.update(slots, x, filled, wid)
         real = slots[~filled]
         if wid >= from_wid - H and len(real):
-            _, unit, _ = m._units(real, m._n[real])
-            pending[wid] = (real, m.forecast(real), unit)
+            pending[wid] = (real, m.forecast(real), m.output_unit(real))
         for o in [o for o in pending if o <= wid - H]:
             del pending[o]
     return (total / count if count else float("nan")), count
