@@ -7,7 +7,7 @@ sin/cos pairs) is computed from the window's start time on the stream's grid
 at the stream's interval are used.
 
 >>> calendar_periods(3600 * 10**9, "auto")
-('day', 'week', 'year')
+('day', 'week')
 >>> calendar_periods(86400 * 10**9, "auto"), calendar_periods(86400 * 10**9, "none")
 (('week', 'year'), ())
 >>> f = calendar_features(np.array([0, 6 * 3600 * 10**9]), ("day",))
@@ -22,18 +22,22 @@ DAY_NS = 86_400 * 10**9
 WEEK_NS = 7 * DAY_NS
 YEAR_NS = int(365.2425 * DAY_NS)
 PERIODS = {"day": DAY_NS, "week": WEEK_NS, "year": YEAR_NS}
+MAX_WINDOWS_PER_PERIOD = 2000
 EPOCH_MONDAY_NS = 4 * DAY_NS  # 1970-01-05 was a Monday: week phase 0 = Monday 00:00 UTC
 
 
 def calendar_periods(interval_ns: int, mode: str = "auto") -> tuple[str, ...]:
-    """The calendar periods a stream's windows vary in: those longer than the interval.
+    """The calendar periods a stream's windows vary in: those longer than the interval and at most
+    MAX_WINDOWS_PER_PERIOD intervals long (an hourly stream's time of year moves too slowly within the
+    windows a network looks at to pay for its inputs; the local level follows it).
 
     ``mode``: "auto", "none", or a comma list among day, week, year."""
     mode = (mode or "none").strip()
     if mode == "none":
         return ()
     if mode == "auto":
-        return tuple(p for p in ("day", "week", "year") if interval_ns < PERIODS[p])
+        return tuple(p for p in ("day", "week", "year")
+                     if interval_ns < PERIODS[p] <= MAX_WINDOWS_PER_PERIOD * interval_ns)
     names = tuple(p.strip() for p in mode.split(",") if p.strip())
     unknown = [p for p in names if p not in PERIODS]
     if unknown:

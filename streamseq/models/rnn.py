@@ -12,7 +12,7 @@ What the cell sees per window (models/features.py): the window's features
 normalised by the key's running mean/std, a gap-filled flag, the one-window and
 the one-season change, and the calendar position of the window. The head sees,
 per target step, the seasonal-naive value's offset from the last value and the
-calendar position of the target: ``out_j = head(h)_j + Σ_f mix(h)_{j,f} s_{j,f}``.
+calendar position of the target: ``out_j = head(h)_j + Σ_f (mix(h)_f + m_{j,f}) s_{j,f}``.
 
 Per-key state lives in arena tensors indexed by slot:
 
@@ -121,7 +121,8 @@ class RNNNet(nn.Module):
         cell_cls = nn.GRUCell if config.cell == "gru" else nn.LSTMCell
         self.cell = cell_cls(self.n_in, config.hidden)
         self.head = nn.Linear(config.hidden, config.horizon)
-        self.mix = nn.Linear(config.hidden, config.horizon * self.n_step)
+        self.mix = nn.Linear(config.hidden, self.n_step)  # state-dependent weight of each step feature
+        self.step_mix = nn.Parameter(torch.zeros(config.horizon, self.n_step))  # and its per-step part
         for lin in (self.head, self.mix):  # untrained output 0: the forecast is the baseline
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
@@ -141,8 +142,8 @@ class RNNNet(nn.Module):
     def out(self, state: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """state (B, S), s (B, H, n_step) per-step features -> (B, H) corrections in units of the baseline error."""
         h = state[:, : self.config.hidden]
-        mix = self.mix(h).view(h.shape[0], self.config.horizon, self.n_step)
-        return self.head(h) + (mix * s).sum(-1)
+        state_part = torch.bmm(s, self.mix(h)[:, :, None])[:, :, 0]  # (B, H): Σ_f mix(h)_f s_{j,f}
+        return self.head(h) + state_part + (s * self.step_mix).sum(-1)
 
 
 class StatefulRNNForecaster(BatchForecaster):
@@ -174,6 +175,7 @@ class StatefulRNNForecaster(BatchForecaster):
         self._cross = np.zeros((0, H), np.float32)
         self._trust = np.zeros((0, 4), np.float32)  # last step-1 baseline and correction; their tracked |errors|
         self._stats = RunningStats(F, config.norm_alpha)
+        self._made = None  # (sorted slots, baseline, correction) of the last update's keys
         self.last_loss = float("nan")
 
     def _make_optimizer(self):
@@ -184,6 +186,7 @@ class StatefulRNNForecaster(BatchForecaster):
 
     # -- arena --------------------------------------------------------------
     def ensure_capacity(self, capacity):
+        self._made = None
         self._h = grow(self._h, capacity, 0.0)
         self._h_lag = grow(self._h_lag, capacity, 0.0)
         self._vals = grow(self._vals, capacity, 0.0)
@@ -244,16 +247,16 @@ class StatefulRNNForecaster(BatchForecaster):
             return torch.zeros(*wids.shape, 0)
         if self.grid is None:
             return torch.zeros(*wids.shape, 2 * len(periods))
-        flat = wids.reshape(-1)
-        if len(flat) and (flat == flat[0]).all():
-            feats = np.broadcast_to(calendar_features(self.grid.start_of(flat[:1]), periods), (len(flat), 2 * len(periods)))
-        elif wids.ndim == 2 and (wids == wids[:1]).all():  # every key's windows are the same ones (the usual case)
-            row = calendar_features(self.grid.start_of(wids[0]), periods)
-            feats = np.broadcast_to(row[None], (*wids.shape, row.shape[-1])).reshape(len(flat), -1)
-        else:
-            uniq, inv = np.unique(flat, return_inverse=True)
-            feats = calendar_features(self.grid.start_of(uniq), periods)[inv]
-        return torch.from_numpy(np.array(feats, np.float32)).reshape(*wids.shape, 2 * len(periods))
+        nc = 2 * len(periods)
+        if wids.size and (wids == wids.reshape(-1)[0]).all():  # one window for every row (a forecast's steps)
+            row = calendar_features(self.grid.start_of(wids.reshape(-1)[:1]), periods)[0]
+            return torch.from_numpy(row).expand(*wids.shape, nc)
+        if wids.ndim >= 2 and (wids == wids[:1]).all():  # every key's windows are the same ones (the usual case)
+            rows = calendar_features(self.grid.start_of(wids[0]), periods)
+            return torch.from_numpy(rows).expand(*wids.shape, nc)
+        uniq, inv = np.unique(wids.reshape(-1), return_inverse=True)
+        feats = calendar_features(self.grid.start_of(uniq), periods)[inv]
+        return torch.from_numpy(feats).reshape(*wids.shape, nc)
 
     def _local(self, vals, nseen, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Level and unit of every feature around each of these ring positions, from the ring alone: the
@@ -281,14 +284,14 @@ class StatefulRNNForecaster(BatchForecaster):
         unit = torch.maximum(mad, 1e-3 * level.abs()) + 1e-9
         return level, unit
 
-    def _inputs(self, slots, vals, steps, nseen, positions: np.ndarray, wids=None) -> torch.Tensor:
-        """(n, P, n_in) cell inputs of the windows at these ring positions."""
+    def _inputs(self, slots, vals, steps, nseen, positions: np.ndarray, wids=None, loc=None) -> torch.Tensor:
+        """(n, P, n_in) cell inputs of the windows at these ring positions (``loc``: their ``_local``)."""
         R, m = self._R, self._m
         P = torch.from_numpy(np.asarray(positions))
         first = torch.from_numpy(R - np.minimum(nseen, R))[:, None]  # first position holding a window
         x = vals[:, P]  # (n, P, F)
         if self.config.normalize:
-            level, unit = self._local(vals, nseen, positions)
+            level, unit = self._local(vals, nseen, positions) if loc is None else loc
             z = ((x - level) / unit).clamp_(-CLIP, CLIP)
             cu = unit[..., 0]
         else:
@@ -305,24 +308,28 @@ class StatefulRNNForecaster(BatchForecaster):
             parts.append(self._calendar(w[:, np.asarray(positions)]))
         return torch.cat(parts, dim=2)
 
-    def _step_features(self, slots, vals, nseen, w, origins: np.ndarray, target_wids: np.ndarray):
-        """Baseline (n, K, H) float64 and head features (n, K, H, n_step) of origins at these ring positions.
+    def _step_features(self, slots, vals, nseen, w, origins: np.ndarray, target_wids: np.ndarray,
+                       lunit: torch.Tensor | None = None, steps: int | None = None):
+        """Baseline (n, K, J) float64 and head features (n, K, J, n_step) of origins at these ring positions,
+        for steps 1..J (J = ``steps`` or H).
 
-        ``target_wids``: (n, K, H) window ids of the targets (their calendar)."""
-        R, H = self._R, self.horizon
+        ``target_wids``: (n, K, J) window ids of the targets (their calendar); ``lunit``: (n, K) the origins'
+        local unit (``_local``), computed here when not given."""
+        R, H = self._R, (steps or self.horizon)
         O = np.asarray(origins)
-        spos = O[:, None] + np.arange(1, H + 1)[None, :] - self._Ls[None, :]  # (K, H) seasonal-naive position
+        spos = O[:, None] + np.arange(1, H + 1)[None, :] - self._Ls[None, :H]  # (K, J) seasonal-naive position
         y = vals[:, :, 0].double().numpy()
         first = R - np.minimum(nseen, R)
         valid_s = spos[None] >= first[:, None, None]  # (n, K, H)
         y_o = y[:, O][:, :, None]  # (n, K, 1)
         y_s = np.where(valid_s, y[:, np.maximum(spos, 0)], y_o)
-        ws = w[:, None, :] * valid_s
+        ws = w[:, None, :H] * valid_s
         base = y_o + ws * (y_s - y_o)
         if self.config.target == "level":
             base = np.broadcast_to(self._stats.mean[slots][:, 0][:, None, None], base.shape).copy()
-        _, lunit = self._local(vals, nseen, O)
-        s0 = np.clip((y_s - y_o) / lunit[..., 0].double().numpy()[:, :, None], -CLIP, CLIP).astype(np.float32)
+        if lunit is None:
+            lunit = self._local(vals, nseen, O)[1][..., 0]
+        s0 = np.clip((y_s - y_o) / lunit.double().numpy()[:, :, None], -CLIP, CLIP).astype(np.float32)
         parts = [torch.from_numpy(s0)[..., None]]
         if self.config.periods:
             parts.append(self._calendar(target_wids))
@@ -331,6 +338,7 @@ class StatefulRNNForecaster(BatchForecaster):
     # -- hot path -------------------------------------------------------------
     def update(self, slots, x, filled, wid=None):
         c = self.config
+        self._made = None
         slots = np.ascontiguousarray(slots)
         n = self._n[slots]
         real = ~filled
@@ -350,29 +358,40 @@ class StatefulRNNForecaster(BatchForecaster):
         nseen = n + 1
         self._n[slots] = nseen
         self._track_errors(slots, vals, steps, nseen, real)
-        w, _ = self._units(slots, nseen)
+        w, unit = self._units(slots, nseen)
         wids = self._ring_wids(steps, new_wid) if c.periods else None
+        p0, R = self._lag_pos, self._R
+        # Local level/unit of the positions a learning step and the newest window read, computed once.
+        level, lunit = self._local(vals, nseen, np.arange(p0, R))  # (n, k + H, F)
         if c.learn:
             # A key learns on real windows, every learn_every-th one; gap-filled windows bring no
             # new truth. Keys that do not learn now still move h_lag along with the ring.
             due = real & ((nseen % c.learn_every) == 0) & (nseen >= self.horizon + 1)
             rest = ~due
             if rest.any():
-                self._advance_lag(slots[rest], vals[rest], steps[rest], nseen[rest],
-                                  None if wids is None else wids[rest])
+                r = torch.from_numpy(rest)
+                self._advance_lag(slots[rest], vals[r], steps[r], nseen[rest], None if wids is None else wids[rest],
+                                  (level[r, :1], lunit[r, :1]))
             if due.any():
                 idx = np.flatnonzero(due)
                 for a in range(0, len(idx), c.max_learn_keys):
                     i = idx[a:a + c.max_learn_keys]
-                    self._learn(slots[i], vals[i], steps[i], nseen[i], w[i], None if wids is None else wids[i])
-        xin = self._inputs(slots, vals, steps, nseen, np.array([self._R - 1]), wids)[:, 0]
+                    ti = torch.from_numpy(i)
+                    self._learn(slots[i], vals[ti], steps[ti], nseen[i], w[i], unit[i], None if wids is None else wids[i],
+                                (level[ti], lunit[ti]))
+        xin = self._inputs(slots, vals, steps, nseen, np.array([R - 1]), wids, (level[:, -1:], lunit[:, -1:]))[:, 0]
         self.net.eval()
         with torch.no_grad():
             self._h[slots] = _padded(self.net.step, xin, self._h[slots])
+        # Trust: remember this origin's step-1 baseline and correction, to score them on the next window.
         self._track_trust(slots, x[:, 0], real, nseen)
-        base, corr = self._corrected(slots)
+        base, corr = self._corrected(slots, w, unit, lunit[:, -1:, 0])
         self._trust[slots, 0] = base[:, 0]
         self._trust[slots, 1] = corr[:, 0]
+        # The pipeline asks for these keys' forecasts next: keep them (derived data, not state; any change
+        # of state drops them). Rows are batch-independent (MIN_ROWS), so a subset gets the same bits.
+        order = np.argsort(slots, kind="stable")
+        self._made = (slots[order], base[order], corr[order])
 
     def _track_errors(self, slots, vals, steps, nseen, real) -> None:
         """Running mean square of the change over 1..Lmax windows and of the naive × seasonal-naive errors."""
@@ -392,7 +411,7 @@ class StatefulRNNForecaster(BatchForecaster):
         ac = a[:, Ls - 1]
         self._cross[slots] = np.where(okc, cross + ac * (prod - cross), cross).astype(np.float32)
 
-    def _advance_lag(self, slots, vals, steps, nseen, wids) -> None:
+    def _advance_lag(self, slots, vals, steps, nseen, wids, loc) -> None:
         """h_lag is the state just before the first origin of the NEXT learning step: step it past
         this ring's first origin (when the key has it). Keys that learn get this from _learn."""
         p = self._lag_pos
@@ -401,13 +420,15 @@ class StatefulRNNForecaster(BatchForecaster):
             return
         sel = np.flatnonzero(have)
         s = slots[sel]
-        x0 = self._inputs(s, vals[sel], steps[sel], nseen[sel], np.array([p]),
-                          None if wids is None else wids[sel])[:, 0]
+        ts = torch.from_numpy(sel)
+        x0 = self._inputs(s, vals[ts], steps[ts], nseen[sel], np.array([p]),
+                          None if wids is None else wids[sel], (loc[0][ts], loc[1][ts]))[:, 0]
         self.net.eval()
         with torch.no_grad():
             self._h_lag[s] = _padded(self.net.step, x0, self._h_lag[s])
 
-    def _learn(self, slots, vals, steps, nseen, w, wids) -> None:
+    def _learn(self, slots, vals, steps, nseen, w, unit, wids, loc) -> None:
+        """``loc``: ``_local`` of positions lag_pos .. R-1 (the k origins first)."""
         c = self.config
         k, H, R, p0 = c.tbptt, c.horizon, self._R, self._lag_pos
         O = p0 + np.arange(k)  # origin positions
@@ -415,17 +436,16 @@ class StatefulRNNForecaster(BatchForecaster):
         valid = torch.from_numpy(np.arange(R)[None, :] >= first[:, None])  # (n, R)
         if wids is None and c.periods:
             wids = self._ring_wids(steps, self._wid[slots])
-        xin = self._inputs(slots, vals, steps, nseen, O, wids)  # (n, k, n_in)
+        xin = self._inputs(slots, vals, steps, nseen, O, wids, (loc[0][:, :k], loc[1][:, :k]))  # (n, k, n_in)
         tpos = O[:, None] + np.arange(1, H + 1)[None, :]  # (k, H) target positions
         twids = wids[:, tpos] if wids is not None else np.zeros((len(slots), k, H), np.int64)
-        base, s = self._step_features(slots, vals, nseen, w, O, twids)
-        _, unit = self._units(slots, nseen)
+        base, s = self._step_features(slots, vals, nseen, w, O, twids, loc[1][:, :k, 0])
         y = vals[:, :, 0].double().numpy()[:, tpos]  # (n, k, H)
         tgt = torch.from_numpy(np.clip((y - base) / unit[:, None, :], -TARGET_CLIP, TARGET_CLIP)).float()
         fill = torch.from_numpy(steps.numpy()[:, tpos] < 0)
         mask = valid[:, O][:, :, None] & valid[:, tpos] & ~fill  # (n, k, H)
         if not mask.any():
-            self._advance_lag(slots, vals, steps, nseen, wids)
+            self._advance_lag(slots, vals, steps, nseen, wids, (loc[0][:, :1], loc[1][:, :1]))
             return
         self.net.train()
         state = self._h_lag[slots]
@@ -451,16 +471,21 @@ class StatefulRNNForecaster(BatchForecaster):
         self._h_lag[slots] = lag_next
         self.last_loss = float(loss.detach())
 
-    def _corrected(self, slots) -> tuple[np.ndarray, np.ndarray]:
-        """(n, H) baseline and (n, H) the network's correction of it, in the target's units."""
+    def _corrected(self, slots, w=None, unit=None, lunit=None, steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(n, J) baseline and (n, J) the network's correction of it, in the target's units (J = ``steps``
+        or H; ``w``, ``unit``, ``lunit``: ``_units`` and the newest window's local unit when known)."""
         nseen = self._n[slots]
-        w, unit = self._units(slots, nseen)
-        twids = self._wid[slots][:, None, None] + np.arange(1, self.horizon + 1)[None, None, :]  # (n, 1, H)
-        base, s = self._step_features(slots, self._vals[slots], nseen, w, np.array([self._R - 1]), twids)
+        if w is None:
+            w, unit = self._units(slots, nseen)
+        J = steps or self.horizon
+        twids = self._wid[slots][:, None, None] + np.arange(1, J + 1)[None, None, :]  # (n, 1, J)
+        base, s = self._step_features(slots, self._vals[slots], nseen, w, np.array([self._R - 1]), twids, lunit, J)
+        if J < self.horizon:  # the head reads H steps; steps past J get zero features (their outputs are dropped)
+            s = torch.cat([s, s.new_zeros(s.shape[0], 1, self.horizon - J, s.shape[3])], dim=2)
         self.net.eval()
         with torch.no_grad():
-            out = _padded(self.net.out, self._h[slots], s[:, 0]).double().numpy()  # (n, H)
-        return base[:, 0], unit * out
+            out = _padded(self.net.out, self._h[slots], s[:, 0]).double().numpy()[:, :J]  # (n, J)
+        return base[:, 0], unit[:, :J] * out
 
     def trust(self, slots) -> np.ndarray:
         """(n,) share of the network's correction a key's forecasts use: 1 where its corrections have
@@ -472,6 +497,11 @@ class StatefulRNNForecaster(BatchForecaster):
         slots = np.ascontiguousarray(slots)
         if len(slots) == 0:
             return np.zeros((0, self.horizon))
+        made = self._made
+        if made is not None:
+            pos = np.minimum(np.searchsorted(made[0], slots), len(made[0]) - 1)
+            if (made[0][pos] == slots).all():
+                return made[1][pos] + self.trust(slots)[:, None] * made[2][pos]
         base, corr = self._corrected(slots)
         return base + self.trust(slots)[:, None] * corr
 
@@ -500,12 +530,14 @@ class StatefulRNNForecaster(BatchForecaster):
         so the state matches the new weights without replaying history.
         """
         self.net.load_state_dict(state_dict)
+        self._made = None
         self.opt = self._make_optimizer()
         self.version = version
         if rewarm:
             self.rewarm(np.flatnonzero(self._n > 0))
 
     def rewarm(self, slots: np.ndarray) -> None:
+        self._made = None
         if len(slots) == 0:
             return
         R = self._R
@@ -540,6 +572,7 @@ class StatefulRNNForecaster(BatchForecaster):
         }
 
     def restore(self, slots, state):
+        self._made = None
         self._h[slots] = torch.from_numpy(np.ascontiguousarray(state["h"], dtype=np.float32))
         self._h_lag[slots] = torch.from_numpy(np.ascontiguousarray(state["h_lag"], dtype=np.float32))
         self._vals[slots] = torch.from_numpy(np.ascontiguousarray(state["vals"], dtype=np.float32))
@@ -552,6 +585,7 @@ class StatefulRNNForecaster(BatchForecaster):
         self._stats.restore(slots, state)
 
     def reset(self, slots):
+        self._made = None
         self._h[slots] = 0.0
         self._h_lag[slots] = 0.0
         self._vals[slots] = 0.0
