@@ -73,7 +73,7 @@ class ForecastConfig:
 class RNNSection:
     hidden: int = 64
     tbptt: int = 8
-    learn_every: int = 2  # a learning step every s windows per key (TBPTT(k, s)): each origin is trained k/s times
+    learn_every: int = 3  # a learning step every s windows per key (TBPTT(k, s)): each origin is trained k/s times
     lr: float = 0.002
     optimizer: str = "adam"
     learn: bool = True

@@ -167,6 +167,16 @@ def test_schedule_windows_time_and_drift():
     initial = RetrainSchedule(interval_ns=HOUR, every_windows=100, initial=True)
     assert initial.due(None, 0) is None and initial.due(HOUR, 0) == "initial"
 
+    # --fit-first 4: one run once the stream has 4 windows (counted from its first), then the usual schedule
+    first = RetrainSchedule(interval_ns=HOUR, every_windows=3, first_windows=4)
+    assert [first.due(h * HOUR, 0) for h in (1, 2, 3)] == [None] * 3 and first.due(4 * HOUR, 0) == "first 4 windows"
+    first.trained(4 * HOUR, 0)
+    assert first.due(6 * HOUR, 0) is None and first.due(7 * HOUR, 0) == "every 3 windows"
+    only = RetrainSchedule(interval_ns=HOUR, first_windows=2)
+    assert only.active and only.due(HOUR, 0) is None and only.due(2 * HOUR, 0) == "first 2 windows"
+    only.trained(2 * HOUR, 0)
+    assert only.due(500 * HOUR, 0) is None
+
 
 def test_tick_runs_on_the_schedule(tmp_path):
     store = WindowStore(tmp_path / "store", flush_rows=500)
