@@ -23,7 +23,7 @@ from .io import DeadLetterSink, ForecastSink, SourcePartition
 from .keyspace import KeyIndex, grow
 from .models.base import BatchForecaster
 from .records import DeadLetter, ForecastBatch, ObservationBatch, WindowBatch
-from .timeutil import iso
+from .timeutil import format_duration, iso
 from .windowing import NO_WID, ClosedWindows, WindowSpec, Windower
 
 ENSEMBLE = "ensemble"
@@ -39,6 +39,7 @@ class PipelineStats:
     forecasts_out: int = 0
     dead_letters: int = 0
     late_records: int = 0
+    future_records: int = 0
     dead_by_reason: dict = field(default_factory=dict)
 
 
@@ -136,10 +137,12 @@ class Pipeline:
             if dup.any():
                 self._duplicate_letters(batch.take(idx), dup, part)
                 apply[idx[dup]] = False
-        closed, late, wm = self.windower.process(slots, batch.ts, batch.values, batch.partition, partitioned,
-                                                 apply=apply)
+        closed, late, future, wm = self.windower.process(slots, batch.ts, batch.values, batch.partition,
+                                                         partitioned, apply=apply)
         if late.any():
             self._late(batch, late, wm, part)
+        if future.any():
+            self._future(batch, future, part)
         return self._advance(closed)
 
     def finish(self) -> int:
@@ -186,6 +189,23 @@ class Pipeline:
                 reason=f"too late: window ending {iso(end)} already closed (watermark {iso(int(wm[i]))})",
                 source=_source(part, p)[0], partition=_source(part, p)[1],
                 offset=int(batch.offset[i]),
+                payload=json.dumps({"key": batch.keys[i], "ts": iso(int(batch.ts[i])),
+                                    "values": batch.values[i].tolist()}),
+                key=str(batch.keys[i]),
+            ))
+        self._dead(letters)
+
+    def _future(self, batch, future, part) -> None:
+        idx = np.flatnonzero(future)
+        self.stats.future_records += len(idx)
+        limit = format_duration(self.spec.time_jump_limit)
+        letters = []
+        for i in idx.tolist():
+            p = int(batch.partition[i])
+            letters.append(DeadLetter(
+                reason=f"future_time: {iso(int(batch.ts[i]))} is more than {limit} ahead of stream time "
+                       f"and no other key confirms the jump ([windowing] max_time_jump)",
+                source=_source(part, p)[0], partition=_source(part, p)[1], offset=int(batch.offset[i]),
                 payload=json.dumps({"key": batch.keys[i], "ts": iso(int(batch.ts[i])),
                                     "values": batch.values[i].tolist()}),
                 key=str(batch.keys[i]),
