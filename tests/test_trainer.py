@@ -127,7 +127,7 @@ def test_refresh_rnn_lowers_held_out_error_and_publishes(trained):
     assert o.accepted and registry.promoted("gru") == o.version
     sd, config_, _ = registry.load("gru", o.version)
     assert config_["params"]["cell"] == "gru" and config_["params"]["hidden"] == 8
-    assert config_["params"]["season"] == 24 and config_["params"]["calendar"] == "day,week,year"
+    assert config_["params"]["season"] == 24 and config_["params"]["calendar"] == "day,week"
 
 
 def test_unreadable_store_file_does_not_stop_training(tmp_path):
