@@ -13,7 +13,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streamseq.io import DeadLetterSink, ForecastSink
+from streamseq.ports import DeadLetterSink, ForecastSink
 from streamseq.records import DeadLetter, ForecastBatch, WindowBatch
 
 _TS = pa.timestamp("ns", tz="UTC")

@@ -18,11 +18,12 @@ from __future__ import annotations
 import numpy as np
 
 from .keyspace import grow
+from .models.base import KeyedState
 
 NO_ORIGIN = np.iinfo(np.int64).min
 
 
-class ConformalCalibrator:
+class ConformalCalibrator(KeyedState):
     def __init__(self, horizon: int, level: float = 0.9, gamma: float = 0.05, err_alpha: float = 0.05):
         self.horizon = horizon
         self.level = level

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -145,7 +145,7 @@ def parse_rfc3339_ns(text: str) -> int:
         raise ForecastDecodeError(f"not an RFC 3339 date-time: {text!r}")
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
     try:
-        seconds = int(datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc).timestamp())
+        seconds = int(datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp())
     except ValueError as e:
         raise ForecastDecodeError(f"not an RFC 3339 date-time: {text!r} ({e})") from None
     frac = int((m.group(7) or "").ljust(9, "0"))

@@ -53,13 +53,13 @@ class ObservationBatch:
     def __len__(self) -> int:
         return len(self.ts)
 
-    def take(self, idx: np.ndarray) -> "ObservationBatch":
+    def take(self, idx: np.ndarray) -> ObservationBatch:
         return ObservationBatch(
             self.keys[idx], self.ts[idx], self.values[idx], self.partition[idx], self.offset[idx]
         )
 
     @staticmethod
-    def empty(n_fields: int) -> "ObservationBatch":
+    def empty(n_fields: int) -> ObservationBatch:
         return ObservationBatch(
             np.empty(0, dtype=object),
             np.empty(0, dtype=np.int64),
@@ -69,7 +69,7 @@ class ObservationBatch:
         )
 
     @staticmethod
-    def concat(batches: list["ObservationBatch"]) -> "ObservationBatch":
+    def concat(batches: list[ObservationBatch]) -> ObservationBatch:
         return ObservationBatch(
             np.concatenate([b.keys for b in batches]),
             np.concatenate([b.ts for b in batches]),
@@ -91,12 +91,14 @@ class DeadLetter:
     key: str | None = None
 
     def to_json_dict(self) -> dict:
-        payload = self.payload
-        if isinstance(payload, bytes):
+        payload: str | None
+        if isinstance(self.payload, bytes):
             try:
-                payload = payload.decode("utf-8")
+                payload = self.payload.decode("utf-8")
             except UnicodeDecodeError:
-                payload = payload.hex()
+                payload = self.payload.hex()
+        else:
+            payload = self.payload
         if isinstance(payload, str) and len(payload) > 4096:
             payload = payload[:4096] + f"...[{len(payload)} chars]"
         return {

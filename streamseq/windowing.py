@@ -136,7 +136,7 @@ class ClosedWindows:
         return len(self.wid)
 
     @staticmethod
-    def empty(n_features: int) -> "ClosedWindows":
+    def empty(n_features: int) -> ClosedWindows:
         return ClosedWindows(
             np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64),
             np.empty(0, bool), np.empty((0, n_features)),
@@ -247,6 +247,7 @@ class Windower:
             elif t > st:
                 st = t
             out[i] = st
+        assert st is not None  # the batch is not empty
         self.stream_time[p] = int(st)
         if pend is not None:
             self._pending[p] = pend
@@ -264,7 +265,7 @@ class Windower:
         st = self.stream_time.get(p)
         if st is None:
             return None
-        out = {"st": int(st)}
+        out: dict = {"st": int(st)}
         pend = self._pending.get(p)
         if pend is not None:
             out["jump"] = [int(pend[0]), int(pend[1]), bool(pend[3])]

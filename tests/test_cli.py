@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from streamseq.cli import main
+from streamseq.commands import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "replay_data"
@@ -115,7 +115,8 @@ def test_console_script_runs(tmp_path):
 
 
 def test_fit_first_sets_the_event_time_fit():
-    from streamseq.cli import _config_from_args, build_parser
+    from streamseq.commands import build_parser
+    from streamseq.commands.args import config_from_args as _config_from_args
 
     a = build_parser().parse_args(["replay", "--config", str(DATA / "stocks.toml"), "--fit-first", "40",
                                    "--out", "x"])

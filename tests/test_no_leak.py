@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from streamseq.config import from_dict
-from streamseq.factory import build_pipeline
-from streamseq.io import ListSink, MemoryPartition
+from streamseq.compose import build_pipeline
+from streamseq.memory import ListSink, MemoryPartition
 from streamseq.synthetic import generate
 from helpers import frame_batches
 
@@ -47,7 +47,7 @@ def forecasts(cfg, df: pl.DataFrame) -> dict:
     pipe.add_sink(sink)
     retrainer = None
     if cfg.trainer.fit_first or cfg.trainer.every_windows:
-        from streamseq.retrain import attach_retraining
+        from streamseq.hotswap import attach_retraining
 
         retrainer = attach_retraining(pipe, cfg)
     try:

@@ -178,15 +178,15 @@ def test_state_per_key_is_small():
 
 def test_pipeline_state_per_key_stays_under_4kb():
     from streamseq.config import from_dict
-    from streamseq.factory import build_pipeline
+    from streamseq.compose import build_pipeline
+    from streamseq.memory import MemoryPartition
     from streamseq.synthetic import generate
     from helpers import frame_batches
 
     cfg = from_dict({"forecast": {"horizon": 24, "season": 24, "models": ["gru"], "ensemble": False},
                      "rnn": {"hidden": 64, "tbptt": 8}})
     pipe = build_pipeline(cfg)
-    pipe.run(__import__("streamseq.io", fromlist=["MemoryPartition"]).MemoryPartition(
-        frame_batches(generate(2, 60, seed=0, irregular=False), 1000)))
+    pipe.run(MemoryPartition(frame_batches(generate(2, 60, seed=0, irregular=False), 1000)))
     state = pipe.snapshot_keys(pipe.keys.keys_of(np.array([0])).tolist())
     assert sum(a.nbytes for a in state.values()) <= 4096
 

@@ -15,11 +15,20 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-
 from kafka_worker_util import (
-    feed_frame, forecast_table, free_port, kill, metric, read_forecasts, read_raw, replay_table,
-    start_worker, wait_for, write_worker_config,
+    feed_frame,
+    forecast_table,
+    free_port,
+    kill,
+    metric,
+    read_forecasts,
+    read_raw,
+    replay_table,
+    start_worker,
+    wait_for,
+    write_worker_config,
 )
+
 from streamseq import config as config_mod
 from streamseq.backtest import run_backtest
 from streamseq.synthetic import generate
@@ -58,7 +67,7 @@ def assert_live_matches_replay(live: dict, replay: dict, n_keys: int, n_models: 
     # Replay closes every key's last window at end of file; a live stream keeps it open.
     assert len(missing) <= 2 * n_keys * n_models, len(missing)
     last = {}
-    for key, origin, model in replay:
+    for key, origin, _model in replay:
         last[key] = max(last.get(key, 0), origin)
     assert all(origin >= last[key] - 2 * H for key, origin, _ in missing)
 
@@ -126,7 +135,7 @@ def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path, latenes
     log = tmp_path / "w.log"
     for threshold in (6_000, 9_000, 12_000):
         proc = start_worker(cfg, log, idle_s=None)
-        reached = wait_for(lambda: (metric(port, "streamseq_records_in") or 0) >= threshold, 120)
+        reached = wait_for(lambda n=threshold: (metric(port, "streamseq_records_in") or 0) >= n, 120)
         assert reached, log.read_text()[-3000:]
         kill(proc, signal.SIGKILL)
     proc = start_worker(cfg, log)
@@ -267,9 +276,9 @@ def test_sigterm_exits_zero_in_time_and_resumes_without_gap_or_duplicate(kafka_b
 def test_hot_swap_during_a_live_run_changes_the_version_with_no_gap(kafka_broker, tmp_path):
     from dataclasses import replace
 
-    from streamseq.factory import rnn_config
     from streamseq.models.rnn import RNNNet
     from streamseq.registry import ModelRegistry, artifact_config
+    from streamseq.specs import rnn_config
 
     t = topics(kafka_broker, "swap")
     df = synthetic(20, 200, seed=6)
