@@ -281,7 +281,9 @@ def forecast_sized_message(horizon: int = 24) -> bytes:
 
     rng = np.random.default_rng(0)
     mean = 50 + rng.standard_normal((1, horizon))
-    fb = ForecastBatch("gru", "0", 1_704_067_200 * 10**9, INTERVAL_NS, np.array(["k00000"], dtype=object),
+    origin = 1_704_067_200 * 10**9
+    fb = ForecastBatch("gru", "0", origin, "1h", origin + INTERVAL_NS * np.arange(1, horizon + 1),
+                       np.array(["k00000"], dtype=object),
                        mean, mean - rng.random((1, horizon)), mean + rng.random((1, horizon)), time.time_ns())
     return encode_forecasts(fb)[0][1]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
-from . import plugins
+from . import plugins, specs
 from .compose import build_pipeline, open_source
 from .config import Config
 
@@ -79,7 +79,7 @@ def run_backtest(cfg: Config, out_dir: str | os.PathLike, *, progress: bool | No
     forecasts = pl.read_parquet(out / "forecasts.parquet")
     windows = pl.read_parquet(out / "windows.parquet") if (out / "windows.parquet").exists() else pl.DataFrame(
         schema={"key": pl.String, "end": pl.Datetime("ns", "UTC"), "value": pl.Float64, "filled": pl.Boolean})
-    season = cfg.forecast.season
+    season = specs.season(cfg)
     warmup = cfg.forecast.warmup if cfg.forecast.warmup >= 0 else 2 * season
     metrics = score(scoring_rows(forecasts, windows, warmup), windows, season)
     write_metrics_csv(metrics, out / "metrics.csv")

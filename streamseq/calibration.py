@@ -75,7 +75,8 @@ class ConformalCalibrator(KeyedState):
         self._fc[slots, row] = mean.astype(np.float32)
         self._origin[slots, row] = wid
 
-    def interval(self, slots: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def bounds(self, slots: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) of the prediction interval around ``mean``."""
         q = self._q[slots]
         return mean - q, mean + q
 

@@ -17,12 +17,12 @@ from .config import Config
 from .models import NaiveForecaster, SeasonalNaiveForecaster, StatefulRNNForecaster
 from .models.base import BatchForecaster
 from .pipeline import Pipeline
-from .specs import rnn_config, torch_threads, transformer_config, window_spec
+from .specs import rnn_config, season, torch_threads, transformer_config, window_spec
 from .threads import set_threads
 
 
 def build_model(cfg: Config, name: str, n_features: int) -> BatchForecaster:
-    H, m = cfg.forecast.horizon, cfg.forecast.season
+    H, m = cfg.forecast.horizon, season(cfg)
     if name in ("gru", "lstm"):
         return StatefulRNNForecaster(rnn_config(cfg, name, n_features))
     if name == "naive":

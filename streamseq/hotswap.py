@@ -124,7 +124,7 @@ class EventTimeRetrainer(ForecastSink):
     # -- live residuals -------------------------------------------------------------
     def write(self, batch: ForecastBatch) -> None:
         if batch.model == self.watch:
-            self._fc = (batch.origin + batch.interval, batch.keys, batch.mean[:, 0])
+            self._fc = (int(batch.targets[0]), batch.keys, batch.mean[:, 0])
 
     def write_windows(self, batch: WindowBatch) -> None:
         if self._fc is None or not self.schedule.drift or len(batch) == 0:
@@ -148,7 +148,7 @@ class EventTimeRetrainer(ForecastSink):
 
     # -- schedule -----------------------------------------------------------------------
     def on_step(self, wid: int) -> None:
-        end = (wid + 1) * self.pipeline.spec.interval
+        end = int(self.pipeline.grid.end_of(wid))
         reason = self.schedule.due(end, end)
         if reason is not None:
             self.retrain(end, reason)

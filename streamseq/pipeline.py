@@ -18,7 +18,6 @@ import numpy as np
 
 from .calibration import ConformalCalibrator
 from .clock import SystemClock
-from .grid import FixedGrid
 from .keyspace import KeyIndex, grow
 from .models.base import BatchForecaster
 from .ports import DeadLetterSink, ForecastSink, SourcePartition
@@ -57,7 +56,7 @@ class Pipeline:
         capacity: int = 1024,
     ):
         self.spec = spec
-        self.grid = FixedGrid(spec.interval)
+        self.grid = spec.grid
         self.n_fields = n_fields
         self.horizon = horizon
         self.models = {m.name: m for m in models}
@@ -215,10 +214,9 @@ class Pipeline:
     def _late(self, batch, late, wm, part) -> None:
         idx = np.flatnonzero(late)
         self.stats.late_records += len(idx)
-        I = self.spec.interval
+        ends = self.grid.end_of(self.grid.wid_of(batch.ts[idx]))
         letters = []
-        for i in idx.tolist():
-            end = (int(batch.ts[i]) // I + 1) * I
+        for i, end in zip(idx.tolist(), ends.tolist()):
             p = int(batch.partition[i])
             letters.append(DeadLetter(
                 reason=f"too late: window ending {iso(end)} already closed (watermark {iso(int(wm[i]))})",
@@ -272,8 +270,8 @@ class Pipeline:
         keys = self.keys.keys_of(slots)
         order = np.argsort(keys, kind="stable")  # deterministic whatever the arrival order
         slots, x, filled, count, keys = slots[order], x[order], filled[order], count[order], keys[order]
-        I = self.spec.interval
-        end = (wid + 1) * I
+        end = int(self.grid.end_of(wid))
+        targets = self.grid.end_of(wid + np.arange(1, self.horizon + 1))  # (H,) ns: the calendar's step ends
         if self.window_sinks or any(type(s).write_windows is not ForecastSink.write_windows for s in self.forecast_sinks):
             wb = WindowBatch(keys, np.full(len(slots), end, np.int64), count, filled, x,
                              list(self.spec.feature_names))
@@ -295,20 +293,20 @@ class Pipeline:
                 continue
             mean = model.forecast(r_slots)
             means[name] = mean
-            self._emit(name, model.version, cal, r_slots, r_keys, wid, end, mean, produced)
+            self._emit(name, model.version, cal, r_slots, r_keys, wid, end, targets, mean, produced)
         if self.ensemble and len(r_slots):
             cal = self.calibrators[ENSEMBLE]
             cal.observe(r_slots, wid, y)
             mean = self._ensemble(r_slots, means)
             version = "+".join(f"{n}@{m.version}" for n, m in self.models.items())
-            self._emit(ENSEMBLE, version, cal, r_slots, r_keys, wid, end, mean, produced)
+            self._emit(ENSEMBLE, version, cal, r_slots, r_keys, wid, end, targets, mean, produced)
         if self.on_step is not None:
             self.on_step(wid)
 
-    def _emit(self, name, version, cal, slots, keys, wid, end, mean, produced) -> None:
-        lo, hi = cal.interval(slots, mean)
+    def _emit(self, name, version, cal, slots, keys, wid, end, targets, mean, produced) -> None:
+        lo, hi = cal.bounds(slots, mean)
         cal.record(slots, wid, mean)
-        fb = ForecastBatch(name, version, end, self.spec.interval, keys, mean, lo, hi, produced)
+        fb = ForecastBatch(name, version, end, self.grid.name, targets, keys, mean, lo, hi, produced)
         self.stats.forecasts_out += len(fb)
         for s in self.forecast_sinks:
             s.write(fb)

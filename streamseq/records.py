@@ -116,13 +116,15 @@ class ForecastBatch:
     """Forecasts of one model made at one step for many keys.
 
     Row i is the H-step forecast for ``keys[i]`` made at the end of the window
-    ``origin`` (ns); step j targets ``origin + (j+1) * interval``.
+    ``origin`` (ns); step j (1-based) targets the window ending at ``targets[j - 1]``
+    (calendar windows differ in length, so the ends are given, not computed).
     """
 
     model: str
     model_version: str
     origin: int  # ns, end of the window the forecast was made at
-    interval: int  # ns
+    interval: str  # the window grid's name, e.g. "1h", "1mo"
+    targets: np.ndarray  # (H,) int64 ns: end of each step's target window
     keys: np.ndarray  # (n,) object
     mean: np.ndarray  # (n, H) float64
     lo: np.ndarray  # (n, H)

@@ -28,7 +28,15 @@ def torch_threads(cfg: Config, streaming: bool = False) -> int:
 def window_spec(cfg: Config, value_cols: list[str] | None = None) -> WindowSpec:
     w = cfg.windowing
     cols = value_cols or cfg.source.value_cols
-    return build_spec(cols, w.agg, w.interval_ns, w.lateness_ns, w.gap, w.max_gap_fill, w.time_jump_ns)
+    return build_spec(cols, w.agg, w.grid, w.lateness_ns, w.gap, w.max_gap_fill, w.time_jump_ns)
+
+
+def season(cfg: Config) -> int:
+    """The seasonal period in windows: ``[forecast] season``, or the interval's usual one (24 hourly,
+    7 daily, 52 weekly, 12 monthly, 4 quarterly)."""
+    from .grid import default_season
+
+    return cfg.forecast.season or default_season(cfg.windowing.grid)
 
 
 def output_scale(cfg: Config) -> str:
@@ -43,7 +51,7 @@ def rnn_config(cfg: Config, cell: str, n_features: int) -> RNNConfig:
         cell=cell, hidden=r.hidden, horizon=cfg.forecast.horizon, n_features=n_features,
         tbptt=r.tbptt, learn_every=r.learn_every, lr=r.lr, optimizer=r.optimizer, learn=r.learn,
         norm_alpha=r.norm_alpha, target=r.target, seed=cfg.forecast.seed,
-        season=cfg.forecast.season, calendar=",".join(rnn_calendar(cfg)),
+        season=season(cfg), calendar=",".join(rnn_calendar(cfg)),
     )
 
 
@@ -70,4 +78,4 @@ def transformer_config(cfg: Config, n_features: int):
     )
 
 
-__all__ = ["torch_threads", "window_spec", "output_scale", "rnn_config", "rnn_calendar", "transformer_config"]
+__all__ = ["torch_threads", "window_spec", "season", "output_scale", "rnn_config", "rnn_calendar", "transformer_config"]

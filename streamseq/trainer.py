@@ -41,7 +41,6 @@ from torch import nn
 
 from .config import Config
 from .errors import ArtifactError, ConfigError
-from .grid import FixedGrid
 from .models import rnn_fit
 from .models.rnn import RNNConfig, RNNNet
 from .models.transformer import TransformerConfig, init_net
@@ -115,8 +114,10 @@ class RetrainSchedule:
     """
 
     def __init__(self, interval_ns: int, every_windows: int = 0, every_ns: int = 0, drift: bool = False,
-                 delta: float = 0.002, min_windows: int = 1, initial: bool = False, first_windows: int = 0):
+                 delta: float = 0.002, min_windows: int = 1, initial: bool = False, grid=None,
+                 first_windows: int = 0):
         self.interval_ns = interval_ns
+        self.grid = grid  # calendar windows: new windows are counted on the grid, not by length
         self.first_windows = first_windows  # one run once the stream has this many windows (--fit-first)
         self.first_end: int | None = None
         self.every_windows = every_windows
@@ -135,7 +136,7 @@ class RetrainSchedule:
     def from_config(cls, cfg: Config, initial: bool = False) -> "RetrainSchedule":
         t = cfg.trainer
         return cls(cfg.windowing.interval_ns, t.every_windows, parse_duration(t.every, "trainer.every") if t.every else 0,
-                   t.drift, t.drift_delta, t.holdout, initial, t.fit_first)
+                   t.drift, t.drift_delta, t.holdout, initial, grid=cfg.windowing.grid, first_windows=t.fit_first)
 
     @property
     def active(self) -> bool:
@@ -165,7 +166,7 @@ class RetrainSchedule:
         if self.first_windows:
             if self.first_end is None:
                 self.first_end = newest_end
-            if (newest_end - self.first_end) // self.interval_ns + 1 < self.first_windows:
+            if self._windows_between(self.first_end, newest_end) + 1 < self.first_windows:
                 return None  # nothing before the first fit: it is the starting point of everything after
             if self.last_end is None:
                 return f"first {self.first_windows} windows"
@@ -174,7 +175,7 @@ class RetrainSchedule:
                 return "initial"
             self.last_end, self.last_time = newest_end, now_ns
             return None
-        new = (newest_end - self.last_end) // self.interval_ns
+        new = self._windows_between(self.last_end, newest_end)
         if self.every_windows and new >= self.every_windows:
             return f"every {self.every_windows} windows"
         if self.every_ns and now_ns - self.last_time >= self.every_ns:
@@ -182,6 +183,12 @@ class RetrainSchedule:
         if self.drift_seen and new >= self.min_windows:
             return "drift"
         return None
+
+    def _windows_between(self, end_a: int, end_b: int) -> int:
+        """Windows from the one ending at ``end_a`` to the one ending at ``end_b`` (on the grid when known)."""
+        if self.grid is not None:
+            return int(self.grid.wid_of(end_b - 1) - self.grid.wid_of(end_a - 1))
+        return (end_b - end_a) // self.interval_ns
 
     def trained(self, newest_end: int, now_ns: int) -> None:
         self.last_end, self.last_time = newest_end, now_ns
@@ -236,7 +243,7 @@ class Trainer:
         self.runs = 0
         self._drift_fed_end = -1
         self._serving: dict[str, tuple[str, nn.Module]] = {}
-        self.grid = FixedGrid(cfg.windowing.interval_ns)  # window ids of the stored windows (calendar features)
+        self.grid = cfg.windowing.grid  # window ids of the stored windows (calendar features)
 
     # -- configs ----------------------------------------------------------------
     def model_params(self, name: str):

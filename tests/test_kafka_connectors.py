@@ -331,7 +331,8 @@ def forecast_batch(n: int, origin_h: int, horizon: int = 3, interval: bool = Tru
     mean = np.arange(n * horizon, dtype=float).reshape(n, horizon) + origin_h
     nan = np.full((n, horizon), np.nan)
     return ForecastBatch(
-        model="gru", model_version="7", origin=T0_MS * 10**6 + origin_h * HOUR, interval=HOUR,
+        model="gru", model_version="7", origin=T0_MS * 10**6 + origin_h * HOUR, interval="1h",
+        targets=T0_MS * 10**6 + origin_h * HOUR + HOUR * np.arange(1, horizon + 1),
         keys=np.array([f"sensor-{i}" for i in range(n)], dtype=object),
         mean=mean, lo=mean - 1 if interval else nan, hi=mean + 1 if interval else nan,
         produced_at=T0_MS * 10**6 + origin_h * HOUR + 10**9,

@@ -50,12 +50,14 @@ def data_options(p: argparse.ArgumentParser) -> None:
 def pipeline_options(p: argparse.ArgumentParser) -> None:
     """How windows are cut and what is forecast."""
     w, f = WindowingConfig(), ForecastConfig()
-    p.add_argument("--interval", help=f"window length, e.g. 1h, 30min, 1d (default: {w.interval})")
+    p.add_argument("--interval", help=f"window length: 30min, 1h, 1d, or calendar 1w, 1mo, 1q, 1y (default: {w.interval})")
+    p.add_argument("--timezone", help=f"IANA time zone of calendar windows, e.g. Europe/Berlin (default: {w.timezone})")
     p.add_argument("--agg", help=f"mean|last|first|min|max|sum|count|ohlcv (default: {w.agg})")
     p.add_argument("--lateness", help=f"allowed lateness, e.g. 10min (default: {w.allowed_lateness})")
     p.add_argument("--gap", choices=["ffill", "skip"], help=f"empty windows: forward-fill or skip (default: {w.gap})")
     p.add_argument("--horizon", type=int, help=f"steps forecast at each window (default: {f.horizon})")
-    p.add_argument("--season", type=int, help=f"seasonal period in windows (default: {f.season})")
+    p.add_argument("--season", type=int, help="seasonal period in windows (default: the interval's usual one: "
+                                               "24 for 1h, 7 for 1d, 52 for 1w, 12 for 1mo, 4 for 1q)")
     p.add_argument("--models", help=f"comma list of gru,lstm,transformer,snarimax,holt_winters,naive,seasonal_naive "
                                     f"(default: {','.join(f.models)})")
     p.add_argument("--level", type=float, help=f"prediction-interval level (default: {f.interval_level})")
@@ -79,7 +81,7 @@ def config_from_args(a: argparse.Namespace):
     for attr, target, name in (
         ("key_col", s, "key_col"), ("time_col", s, "time_col"), ("time_format", s, "time_format"),
         ("time_unit", s, "time_unit"), ("speed", s, "speed"), ("start", s, "start"), ("end", s, "end"),
-        ("interval", w, "interval"), ("agg", w, "agg"), ("lateness", w, "allowed_lateness"), ("gap", w, "gap"),
+        ("interval", w, "interval"), ("timezone", w, "timezone"), ("agg", w, "agg"), ("lateness", w, "allowed_lateness"), ("gap", w, "gap"),
         ("horizon", f, "horizon"), ("season", f, "season"), ("level", f, "interval_level"), ("seed", f, "seed"),
     ):
         v = getattr(a, attr, None)

@@ -87,6 +87,7 @@ def run_demo(data_config: str, *, speed: float, records: int, keys_shown: int, d
     from .. import logs, plugins
     from ..compose import WorkerApp, open_source
     from ..localbroker import LOCAL_CLIENT_SETTINGS, start_tansu
+    from ..specs import season
 
     base = config_mod.load(data_config)
     logs.setup("ERROR" if quiet else "WARNING", "text")
@@ -104,9 +105,10 @@ def run_demo(data_config: str, *, speed: float, records: int, keys_shown: int, d
             "topics": {"observations": ["demo-observations"], "forecasts": "demo-forecasts",
                        "dead_letter": "demo-dlq", "changelog": "demo-changelog", "partitions": 4},
             "input": {"key_field": "key", "time_field": "ts", "value_fields": list(base.source.value_cols)},
-            "windowing": {"interval": base.windowing.interval, "agg": base.windowing.agg,
+            "windowing": {"interval": base.windowing.interval, "timezone": base.windowing.timezone,
+                          "agg": base.windowing.agg,
                           "allowed_lateness": base.windowing.allowed_lateness, "gap": base.windowing.gap},
-            "forecast": {"horizon": base.forecast.horizon, "season": base.forecast.season,
+            "forecast": {"horizon": base.forecast.horizon, "season": season(base),
                          "models": models or ["gru", "seasonal_naive", "naive"], "ensemble": True},
             "registry": {"path": str(workdir / "registry")},
             "store": {"path": str(workdir / "windows")},
