@@ -53,8 +53,8 @@ import torch
 from streamseq import config as ss_config
 from streamseq.compose import build_pipeline
 from streamseq.grid import FixedGrid
-from streamseq.models.features import calendar_periods
 from streamseq.models import RNNConfig, StatefulRNNForecaster
+from streamseq.models.features import calendar_periods
 from streamseq.models.river_baselines import SNARIMAXForecaster
 from streamseq.records import ObservationBatch
 from streamseq.synthetic import generate

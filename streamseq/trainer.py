@@ -44,8 +44,8 @@ from .errors import ArtifactError, ConfigError
 from .models import rnn_fit
 from .models.rnn import RNNConfig, RNNNet
 from .models.transformer import TransformerConfig, init_net
-from .specs import transformer_config
 from .registry import ModelRegistry, artifact_config, build_net, mismatch  # noqa: F401 (re-exported)
+from .specs import transformer_config
 from .store import TrainingSet, WindowStore
 from .timeutil import iso, parse_duration
 
@@ -133,7 +133,7 @@ class RetrainSchedule:
         self._adwin = self._new_adwin()
 
     @classmethod
-    def from_config(cls, cfg: Config, initial: bool = False) -> "RetrainSchedule":
+    def from_config(cls, cfg: Config, initial: bool = False) -> RetrainSchedule:
         t = cfg.trainer
         return cls(cfg.windowing.interval_ns, t.every_windows, parse_duration(t.every, "trainer.every") if t.every else 0,
                    t.drift, t.drift_delta, t.holdout, initial, grid=cfg.windowing.grid, first_windows=t.fit_first)

@@ -11,12 +11,12 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from helpers import frame_batches
 
-from streamseq.config import from_dict
 from streamseq.compose import build_pipeline
+from streamseq.config import from_dict
 from streamseq.memory import ListSink, MemoryPartition
 from streamseq.synthetic import generate
-from helpers import frame_batches
 
 HOUR = 3600 * 10**9
 MODELS = ["gru", "lstm", "transformer", "naive", "seasonal_naive"]

@@ -177,11 +177,12 @@ def test_state_per_key_is_small():
 
 
 def test_pipeline_state_per_key_stays_under_4kb():
-    from streamseq.config import from_dict
+    from helpers import frame_batches
+
     from streamseq.compose import build_pipeline
+    from streamseq.config import from_dict
     from streamseq.memory import MemoryPartition
     from streamseq.synthetic import generate
-    from helpers import frame_batches
 
     cfg = from_dict({"forecast": {"horizon": 24, "season": 24, "models": ["gru"], "ensemble": False},
                      "rnn": {"hidden": 64, "tbptt": 8}})

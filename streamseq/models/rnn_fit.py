@@ -38,7 +38,7 @@ class WindowArrays:
     def __len__(self) -> int:
         return len(self.slot)
 
-    def before(self, wid: int) -> "WindowArrays":
+    def before(self, wid: int) -> WindowArrays:
         sel = self.wid < wid
         return WindowArrays(self.keys, self.slot[sel], self.wid[sel], self.x[sel], self.filled[sel])
 
