@@ -9,8 +9,13 @@ seasonal naive for the key, and the loss is in each key's own error units
 (MASE-like), so keys of any scale learn the shared weights together.
 
 What the cell sees per window (models/features.py): the window's features
-normalised by the key's running mean/std, a gap-filled flag, the one-window and
-the one-season change, and the calendar position of the window. The head sees,
+normalised by their level and mean |change| over the last W windows of the ring
+(computed from the ring alone, so a later learning step or a rewarm sees exactly
+what the stream saw), a gap-filled flag, the one-window and the one-season
+change, and the calendar position of the window. A key uses the network's
+correction in proportion to how much it has lately cut the baseline's step-1
+error (``trust``), so where the network does not help a key it falls back to
+the baseline. The head sees,
 per target step, the seasonal-naive value's offset from the last value and the
 calendar position of the target: ``out_j = head(h)_j + Σ_f (mix(h)_f + m_{j,f}) s_{j,f}``.
 
@@ -19,12 +24,14 @@ Per-key state lives in arena tensors indexed by slot:
 - ``h``: the carried hidden state (h, or [h | c] for LSTM), advanced by ONE cell
   step per window — never recomputed from history;
 - ``h_lag``: the hidden state just before the oldest origin of truncated BPTT;
-- ``vals``: the last R = H + k + m windows' features (m = season: the seasonal
-  lag of every target and input the learner needs), and ``step``: each window's
+- ``vals``: the last R = H + k + W windows' features (W = max(season, 8): the
+  seasonal lag of every target and input the learner needs, and the span of the
+  local level/unit inputs are normalised by), and ``step``: each window's
   distance in windows from the previous one, negative when gap-filled (so the
   calendar of every window in the ring is known from ``wid``, the newest one);
 - ``sq``: running mean square of the change over L = 1..Lmax windows, ``cross``:
   of the product of the naive and seasonal-naive errors of step j (baseline weights);
+- ``trust``: the last step-1 baseline and correction and their tracked |errors|;
 - running mean/variance of every feature (models/normalise.py).
 
 Learning: when window t arrives, the forecasts made at origins t-H-k+1 .. t-H
