@@ -93,13 +93,14 @@ class ForecastConfig:
 class RNNSection:
     hidden: int = 64
     tbptt: int = 8
-    learn_every: int = 2  # a learning step every s windows per key (TBPTT(k, s)): each origin is trained k/s times
+    learn_every: int = 3  # a learning step every s windows per key (TBPTT(k, s)): each origin is trained k/s times
     lr: float = 0.002
     optimizer: str = "adam"
     learn: bool = True
     norm_alpha: float = 0.01
     target: str = "delta"
-    scale: str = "auto"  # output unit: level | change | auto (change for kind = "price", else level)
+    scale: str = "auto"  # transformer output unit: level | change | auto (change for kind = "price", else level)
+    calendar: str = "auto"  # calendar features: auto (periods that vary at the interval; none for prices) | none | e.g. "day,week"
 
 
 @dataclass
@@ -163,7 +164,10 @@ class TrainerConfig:
     max_samples: int = 50_000  # training samples per run at most (a seeded random subset)
     min_context: int = 4  # windows of history a sample's origin needs (shorter contexts are left-padded)
     warm_start: bool = True  # start from the weights in service rather than a fresh init
-    rnn_epochs: int = 1  # passes of offline TBPTT when refreshing GRU/LSTM weights
+    rnn_epochs: int = 3  # passes of the online learner over the stored windows when refreshing GRU/LSTM weights
+    rnn_lr: float = 0.001  # learning rate of those passes
+    rnn_max_keys: int = 5000  # keys a GRU/LSTM refresh trains on at most (a seeded random subset); 0 = all
+    fit_first: int = 0  # replay: once the stream has N windows, fit GRU/LSTM (and train the transformer) on them
     threads: int = 0  # torch threads of the trainer; 0 = half the cores (at least 1)
     nice: int = 10  # niceness of the trainer process (when idle_priority is off or unavailable)
     idle_priority: bool = True  # trainer under SCHED_IDLE (Linux): it only gets CPU time the stream leaves
@@ -357,6 +361,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError("rnn.target", f"'delta' or 'level', got {cfg.rnn.target!r}")
     if cfg.rnn.scale not in ("auto", "level", "change"):
         raise ConfigError("rnn.scale", f"auto, level or change, got {cfg.rnn.scale!r}")
+    try:
+        from .models.features import calendar_periods
+
+        calendar_periods(w.interval_ns, cfg.rnn.calendar)
+    except ValueError as exc:
+        raise ConfigError("rnn.calendar", f"auto, none or a comma list of day, week, year ({exc})") from None
     if cfg.rnn.learn_every < 1:
         raise ConfigError("rnn.learn_every", "a positive integer")
     if cfg.rnn.hidden < 1 or cfg.rnn.tbptt < 1:
@@ -369,6 +379,9 @@ def validate(cfg: Config) -> None:
         parse_duration(cfg.store.retention, "store.retention")
     if cfg.trainer.every:
         parse_duration(cfg.trainer.every, "trainer.every")
+    if cfg.trainer.fit_first < 0 or cfg.trainer.rnn_epochs < 0 or cfg.trainer.rnn_max_keys < 0:
+        bad = next(k for k in ("fit_first", "rnn_epochs", "rnn_max_keys") if getattr(cfg.trainer, k) < 0)
+        raise ConfigError(f"trainer.{bad}", "0 or a positive integer")
     if cfg.logging.format not in ("auto", "json", "text"):
         raise ConfigError("logging.format", f"auto, json or text, got {cfg.logging.format!r}")
     if not cfg.source.value_cols:
