@@ -21,7 +21,9 @@ from .clock import SystemClock
 from .io import DeadLetterSink, ForecastSink, SourcePartition
 from .keyspace import KeyIndex, grow
 from .models.base import BatchForecaster
+from .errors import StreamseqError
 from .records import DeadLetter, ForecastBatch, ObservationBatch, WindowBatch
+from .state_codec import RESET, core_faults, select
 from .timeutil import iso
 from .windowing import NO_WID, ClosedWindows, WindowSpec, Windower
 
@@ -312,12 +314,32 @@ class Pipeline:
                 out[f"calib.{name}/{f}"] = arr
         return out
 
+    def state_template(self) -> dict[str, np.ndarray]:
+        """The state of one fresh key: the fields, dtypes and row shapes a restored record must have."""
+        probe = "\x00state template"
+        while probe in self.keys:
+            probe += "\x00"
+        self.keys.slots(np.array([probe], dtype=object))
+        try:
+            return self.snapshot_keys([probe])
+        finally:
+            self.forget_keys([probe])
+
     def restore_keys(self, keys: list[str], state: dict[str, np.ndarray], partitioned_time: bool = True,
-                     committed: dict[int, int] | None = None) -> None:
+                     committed: dict[int, int] | None = None, partitions=None) -> None:
         """``committed``: next offset to read per partition id. A key whose state already reflects
         records at or past it (written by a checkpoint whose commit did not happen) must not set
         its partition's stream time, or other keys' windows would close before their redelivered
-        records are back."""
+        records are back. ``partitions``: the partition ids the keys may belong to (those just
+        assigned). State comes from a topic others can write: a key whose state no worker writes
+        is not restored (it starts afresh), nor is a component's state that does not fit."""
+        bad, why = core_faults(state, self.spec.interval, partitions)
+        if bad.any():
+            log.warning("state of %d of %d keys is implausible (%s); they start afresh",
+                        int(bad.sum()), len(keys), ", ".join(why))
+            keys, state = select(keys, state, np.flatnonzero(~bad))
+            if not keys:
+                return
         slots = self.keys.slots(np.array(keys, dtype=object))
         time_from = None
         if committed is not None:
@@ -336,11 +358,15 @@ class Pipeline:
                     continue
                 try:
                     comp.restore(slots, part)
-                except (ValueError, KeyError, RuntimeError, IndexError) as exc:
+                except (ValueError, KeyError, RuntimeError, IndexError, TypeError, StreamseqError) as exc:
                     # State written by a differently configured model (e.g. another hidden size):
                     # start these keys afresh for this component rather than stop the stream.
                     log.warning("state of %s %s does not fit (%s); %d keys start afresh", kind, name, exc, len(slots))
                     comp.reset(slots)
+                    continue
+                unfit = state.get(f"{RESET}{kind}.{name}")  # keys whose record of it did not fit (decode_keys)
+                if unfit is not None and unfit.any():
+                    comp.reset(slots[unfit])
 
     def forget_keys(self, keys: list[str]) -> None:
         """Drop keys whose partition moved to another worker."""

@@ -169,7 +169,7 @@ class StreamWorker:
         if gained:
             records = self.changelog.restore(gained)
             if records:
-                keys, state = decode_keys(records)
+                keys, state = decode_keys(records, self.pipeline.state_template())
                 fresh = [i for i, k in enumerate(keys) if k not in self.pipeline.keys]
                 if len(fresh) < len(keys):
                     keys, state = _subset(keys, state, fresh)
@@ -180,7 +180,9 @@ class StreamWorker:
                             off = self.part.committed(tp)
                             if off is not None:
                                 committed[self.part.partition_id(tp)] = int(off)
-                    self.pipeline.restore_keys(keys, state, partitioned_time=True, committed=committed)
+                    pids = {self.part.partition_id(tp) for tp in tps if tp.partition in gained}
+                    self.pipeline.restore_keys(keys, state, partitioned_time=True, committed=committed,
+                                               partitions=pids)
                 restored = len(keys)
         self._owned = new
         dt = self.clock.monotonic() - t0
