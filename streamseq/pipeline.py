@@ -18,10 +18,10 @@ import numpy as np
 
 from .calibration import ConformalCalibrator
 from .clock import SystemClock
+from .errors import StreamseqError
 from .io import DeadLetterSink, ForecastSink, SourcePartition
 from .keyspace import KeyIndex, grow
 from .models.base import BatchForecaster
-from .errors import StreamseqError
 from .records import DeadLetter, ForecastBatch, ObservationBatch, WindowBatch
 from .state_codec import RESET, core_faults, select
 from .timeutil import iso

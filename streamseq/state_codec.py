@@ -10,10 +10,11 @@ The changelog is written by workers but readable and writable by any client
 with rights on the topic, so decoding trusts nothing: a record is size-capped
 before it is parsed, and with ``template`` (``Pipeline.state_template()``, the
 state of a fresh key) every tensor must have a known name, the template's dtype
-and row shape, and finite floats where a fresh key's are finite. A record that is
-not a state of this pipeline is left out (its key starts afresh); a model or
-calibrator part that does not fit is replaced by the fresh state and listed
-under ``#reset/<component>`` for ``Pipeline.restore_keys`` to reset.
+and row shape, finite floats where a fresh key's are finite and integers no
+lower than a fresh key's. A record that is not a state of this pipeline is left
+out (its key starts afresh); a model or calibrator part that does not fit is
+replaced by the fresh state and listed under ``#reset/<component>`` for
+``Pipeline.restore_keys`` to reset.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ _CELL_FIELDS = ("windower/cell_wid", "windower/cell_stats")
 _OWNER = "windower/cell_owner"
 _BLOB = "#blob"
 _RAGGED = "#ragged"
+_KINDS = ("", "blob", "ragged")
 log = logging.getLogger("streamseq.state")
 
 
@@ -76,14 +78,15 @@ def decode_keys(records: dict[str, bytes], template: dict[str, np.ndarray] | Non
     """
     keys: list[str] = []
     rows: list[dict[str, np.ndarray]] = []
-    refused: list[tuple[str, str]] = []
+    refused: list[tuple[str, str]] = []  # (key, why) of records left out
+    parts: list[tuple[str, str]] = []  # (key, why) of components reset
     reset: dict[str, list[int]] = {}
     expected = None
     fit = _Template(template) if template is not None else None
     for key in sorted(records):
         try:
             tensors = _read_record(key, records[key], max_record_bytes)
-            if template is not None:
+            if fit is not None:
                 tensors, unfit = _fit(tensors, fit)
             else:
                 layout = {n: (k, a.dtype, a.shape[1:] if n in _CELL_FIELDS or k else a.shape)
@@ -100,20 +103,59 @@ def decode_keys(records: dict[str, bytes], template: dict[str, np.ndarray] | Non
             continue
         for comp, why in unfit.items():
             reset.setdefault(comp, []).append(len(keys))
-            refused.append((key, f"{comp}: {why}"))
+            parts.append((key, f"{comp}: {why}"))
         keys.append(key)
         rows.append(tensors)
-    if refused:
-        whole = len(records) - len(keys)
-        log.warning("changelog state: %d of %d records refused (their keys start afresh), %d records "
-                    "restored without the parts that do not fit (these start afresh); first: %s",
-                    whole, len(records), len(refused) - whole,
-                    "; ".join(f"{_show(k)}: {why}" for k, why in refused[:3]))
     state = _stack(rows, template, list(expected or ()))
     for comp, idx in reset.items():
         mask = np.zeros(len(keys), bool)
         mask[idx] = True
         state[RESET + comp] = mask
+    if fit is not None and keys:
+        keys, state = _plausible(keys, state, fit, refused, parts)
+    if refused or parts:
+        log.warning("changelog state: %d of %d records refused (their keys start afresh), %d parts of "
+                    "records do not fit (these start afresh); first: %s", len(refused), len(records),
+                    len(parts), "; ".join(f"{_show(k)}: {why}" for k, why in (refused + parts)[:3]))
+    return keys, state
+
+
+def _plausible(keys, state, fit: "_Template", refused, parts):
+    """Values no worker writes, found in one vectorised pass over the stacked records: floats that are
+    not finite where a fresh key's are (NaN stands for "not known yet"; inf never), integers below a
+    fresh key's value or 0 (counters only grow; a count of -1 divides by zero). A model or calibrator
+    part holding one gets the fresh state and is reset; a key whose pipeline or windower state holds
+    one is left out."""
+    n = len(keys)
+    drop = np.zeros(n, bool)
+    for name in fit.checked:
+        arr = state[name]
+        if not arr.size:
+            continue
+        flat = arr.reshape(len(arr), -1)
+        if name in fit.floats:
+            bad = np.isinf(flat).any(axis=1) if fit.floats[name] else ~np.isfinite(flat).all(axis=1)
+            why = f"{name}: {'inf' if np.isinf(flat).any() else 'NaN'} where the state must be finite"
+        else:
+            bad = (flat < fit.ints[name]).any(axis=1)
+            why = f"{name}: below {fit.ints[name]}"
+        if not bad.any():
+            continue
+        rows = np.unique(state[_OWNER][bad]) if name in _CELL_FIELDS else np.flatnonzero(bad)
+        comp = name.split("/", 1)[0]
+        if comp in CORE:
+            drop[rows] = True
+            refused += [(keys[i], why) for i in rows.tolist()]
+            continue
+        parts += [(keys[i], why) for i in rows.tolist()]
+        mask = state.setdefault(RESET + comp, np.zeros(n, bool))
+        mask[rows] = True
+        for f in fit.components[comp]:  # the fresh state in place of what does not fit
+            col = state[f]
+            for i in rows.tolist():
+                col[i] = fit.arrays[f][0]
+    if drop.any():
+        keys, state = select(keys, state, np.flatnonzero(~drop))
     return keys, state
 
 
@@ -198,13 +240,10 @@ def _read_record(key: str, data, max_bytes: int) -> dict[str, tuple[str, np.ndar
         raise _Unfit(f"not a {FORMAT} record: {type(exc).__name__}: {str(exc)[:200]}") from exc
     out: dict[str, tuple[str, np.ndarray]] = {}
     for name, arr in raw.items():
-        kind = ""
-        for suffix in (_BLOB, _RAGGED):
-            if name.endswith(suffix):
-                name, kind = name[: -len(suffix)], suffix[1:]
-        if "/" not in name or "#" in name or name in out or name == _OWNER or name.startswith(RESET):
-            raise _Unfit(f"tensor name {_show(name)} is not a state field")
-        if arr.ndim == 0:
+        name, _, kind = name.partition("#")
+        if kind not in _KINDS or "/" not in name or name in out or name == _OWNER:
+            raise _Unfit(f"tensor name {_show(name + '#' + kind if kind else name)} is not a state field")
+        if not arr.ndim:
             raise _Unfit(f"{name}: a scalar, not rows")
         out[name] = (kind, arr)
     return out
@@ -220,8 +259,12 @@ class _Template:
             if name != _OWNER and not name.startswith(RESET):
                 self.components.setdefault(name.split("/", 1)[0], []).append(name)
         self.names = {c: set(ns) for c, ns in self.components.items()}
-        # NaN only where a fresh key has NaN (a value not known yet); inf never.
-        self.may_be_nan = {n: a.dtype.kind == "f" and bool(np.isnan(a).any()) for n, a in template.items()}
+        fields = [n for n in template if n != _OWNER and not n.startswith(RESET)]
+        # floats: whether NaN may stand for "not known yet"; ints: the least value (a fresh key's, or 0)
+        self.floats = {n: bool(np.isnan(template[n]).any()) for n in fields if template[n].dtype.kind == "f"}
+        self.ints = {n: min(int(template[n].min()) if template[n].size else 0, 0)
+                     for n in fields if template[n].dtype.kind in "iu"}
+        self.checked = [*self.floats, *self.ints]
 
 
 def _fit(tensors: dict[str, tuple[str, np.ndarray]], t: _Template):
@@ -238,7 +281,7 @@ def _fit(tensors: dict[str, tuple[str, np.ndarray]], t: _Template):
             if got != want:
                 extra, missing = sorted(got - want)[:3], sorted(want - got)[:3]
                 raise _Unfit(f"fields do not fit (unknown {extra}, missing {missing})")
-            part = {n: _fit_field(n, *tensors[n], t.arrays[n], t.may_be_nan[n]) for n in names}
+            part = {n: _fit_field(n, *tensors[n], t.arrays[n]) for n in names}
             if comp == "windower":
                 _check_cells(part)
         except _Unfit as exc:
@@ -251,7 +294,7 @@ def _fit(tensors: dict[str, tuple[str, np.ndarray]], t: _Template):
     return out, unfit
 
 
-def _fit_field(name: str, kind: str, arr: np.ndarray, tmpl: np.ndarray, may_be_nan: bool) -> np.ndarray:
+def _fit_field(name: str, kind: str, arr: np.ndarray, tmpl: np.ndarray) -> np.ndarray:
     if tmpl.dtype == object:
         t0 = tmpl[0]
         if isinstance(t0, np.ndarray):
@@ -271,10 +314,7 @@ def _fit_field(name: str, kind: str, arr: np.ndarray, tmpl: np.ndarray, may_be_n
             raise _Unfit(f"{name}: shape {arr.shape}, expected at most {MAX_CELLS} rows of {tmpl.shape[1:]}")
     elif arr.shape != (1, *tmpl.shape[1:]):
         raise _Unfit(f"{name}: shape {arr.shape}, expected {(1, *tmpl.shape[1:])}")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        if np.isinf(arr).any() or not may_be_nan:
-            raise _Unfit(f"{name}: {'inf' if np.isinf(arr).any() else 'NaN'} where the state must be finite")
-    return arr
+    return arr  # its values: checked for all records at once (_plausible)
 
 
 def _check_cells(part: dict[str, np.ndarray]) -> None:

@@ -37,7 +37,7 @@ from streamseq.state_codec import MAX_RECORD_BYTES, RESET, decode_keys, encode_k
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ["a", "b", "c", "d", "e"]
-MODELS = ("gru", "snarimax", "holt_winters", "naive")
+MODELS = ("gru", "transformer", "snarimax", "holt_winters", "naive", "seasonal_naive")
 
 
 def exploit_blob(marker: Path) -> bytes:
@@ -294,7 +294,7 @@ def test_changelog_records_fuzzed(trained, tmp_path):
     rng = random.Random(14)
     marker = tmp_path / "pwned"
     outcomes = collections.Counter()
-    for i in range(400):
+    for i in range(300):
         victim = rng.choice(KEYS)
         record = records[victim]
         for _ in range(rng.choice([1, 1, 2])):
@@ -305,14 +305,16 @@ def test_changelog_records_fuzzed(trained, tmp_path):
         resets = [n for n in state if n.startswith(RESET) and state[n][keys.index(victim)]] if victim in keys else []
         outcomes["refused" if victim not in keys else "part reset" if resets else "kept"] += 1
         if i % 20 == 0:
-            restored, _, _ = _restore(fuzzed, learn=True)
+            restored, sink, _ = _restore(fuzzed, learn=True)
             assert all(torch.isfinite(p).all() for p in restored.models["gru"].net.parameters())
+            assert all(np.isfinite(b.mean[[k != victim for k in b.keys]]).all()
+                       for b in sink.batches if b.model in ("gru", "transformer", "naive", "seasonal_naive"))
     assert not marker.exists()
     assert outcomes["refused"] > 50 and outcomes["part reset"] > 20 and outcomes["kept"] > 10, outcomes
 
 
 @pytest.mark.parametrize("what", ["nan hidden state", "inf statistics", "int for float", "wrong hidden size",
-                                  "blob of floats", "ragged of ints", "river values NaN"])
+                                  "negative count", "blob of floats", "ragged of ints", "river values NaN"])
 def test_crafted_model_state_resets_only_that_part(trained, what):
     pipe, records = trained
 
@@ -325,6 +327,8 @@ def test_crafted_model_state_resets_only_that_part(trained, what):
             t["model.gru/h"] = t["model.gru/h"].astype(np.int32)
         elif what == "wrong hidden size":
             t["model.gru/h"] = np.zeros((1, 9), np.float32)
+        elif what == "negative count":  # its normalisation weight 1 / (n + 1) would be inf
+            t["model.gru/n"] = np.full(1, -1, np.int64)
         elif what == "blob of floats":
             t["model.snarimax/tree#blob"] = np.zeros(4, np.float64)
         elif what == "ragged of ints":
@@ -332,16 +336,17 @@ def test_crafted_model_state_resets_only_that_part(trained, what):
         else:
             t["model.snarimax/values#ragged"] = np.full_like(t["model.snarimax/values#ragged"], np.nan)
 
-    restored, _, keys = _restore({**records, "c": _with_tensors(records["c"], edit)}, learn=True)
+    restored, sink, keys = _restore({**records, "c": _with_tensors(records["c"], edit)}, learn=True)
     assert keys == KEYS  # the key is restored...
     c, b = restored.keys.get("c"), restored.keys.get("b")
-    part = "gru" if "hidden" in what or "statistics" in what or "int for" in what else "snarimax"
+    part = "gru" if any(w in what for w in ("hidden", "statistics", "int for", "count")) else "snarimax"
     if part == "gru":
         assert restored.models["gru"]._n[c] == 4 and restored.models["gru"]._n[b] > 4  # ...but its GRU afresh
     elif what != "river values NaN":
         assert restored.models["snarimax"]._n[c] == 4 and restored.models["snarimax"]._n[b] > 4
     assert restored.windower.last_wid[c] == restored.windower.last_wid[b]  # its windows were restored
-    assert all(torch.isfinite(p).all() for p in restored.models["gru"].net.parameters())
+    assert all(torch.isfinite(p).all() for p in restored.models["gru"].net.parameters())  # shared weights
+    assert all(np.isfinite(b.mean).all() for b in sink.batches if b.model in ("gru", "transformer"))
 
 
 @pytest.mark.parametrize("field,value", [
@@ -414,7 +419,7 @@ def test_registry_artifacts_fuzzed(tmp_path):
     marker = tmp_path / "pwned"
     params = json.loads(originals["config.json"])["params"]
     odd = [None, True, -1, 0, 2**70, 1.5, float("nan"), "x", [], {}, "8", 10**6, 2**14 + 1]
-    for i in range(250):
+    for i in range(150):
         target = rng.choice(["weights.safetensors", "config.json", "meta.json", "PROMOTED"])
         path = reg.path / "transformer" / "PROMOTED" if target == "PROMOTED" else where / target
         data = promoted if target == "PROMOTED" else originals[target]
@@ -659,3 +664,53 @@ def test_kafka_settings_are_of_their_declared_types():
             assert {"str": type(v) is str, "str | None": v is None or type(v) is str, "int": type(v) is int,
                     "bool": type(v) is bool, "int | str": type(v) in (int, str)}.get(f.type, True), (name, v)
         s.consumer_kwargs()
+
+
+# -- a worker on a real broker (Tansu) --------------------------------------------------------------
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_worker_restores_river_baselines_and_shrugs_off_a_poisoned_changelog(kafka_broker, tmp_path):
+    """SIGKILL, then records planted in the changelog (the exploit blob for a real key, junk for
+    others): the next worker runs no code, logs the refusal, and every other key's SNARIMAX and
+    Holt-Winters forecasts equal the replay's bit for bit (restored from plain-data state)."""
+    import signal
+
+    from kafka import KafkaProducer
+
+    from kafka_worker_util import (feed_frame, forecast_table, free_port, kill, metric, read_forecasts,
+                                   start_worker, wait_for, write_worker_config)
+    from streamseq.synthetic import generate
+    from test_worker_kafka import assert_live_matches_replay, replay_of, topics
+
+    t = topics(kafka_broker, "poison")
+    df = generate(12, 160, seed=4, irregular=False).with_columns(pl.col("key").cast(pl.String))
+    windowing = {"interval": "1h", "agg": "mean", "allowed_lateness": "0s", "gap": "ffill"}
+    forecast = {"horizon": 4, "season": 6, "models": ["snarimax", "holt_winters", "naive"], "ensemble": False}
+    feed_frame(kafka_broker, t["obs"], df, "key", "ts", ["value"])
+    port = free_port()
+    cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
+                              dlq=t["dlq"], changelog=t["changelog"], group="g-poison", value_fields=["value"],
+                              windowing=windowing, forecast=forecast, http_port=port)
+    log = tmp_path / "w.log"
+    proc = start_worker(cfg, log, idle_s=None)
+    assert wait_for(lambda: (metric(port, "streamseq_records_in") or 0) >= df.height // 2, 120), log.read_text()[-3000:]
+    kill(proc, signal.SIGKILL)
+
+    marker = tmp_path / "pwned"
+    victim = df["key"][0]
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+    for p in range(4):  # the victim's partition is one of them; the latest record of a key wins
+        producer.send(t["changelog"], exploit_blob(marker), key=victim.encode(), partition=p)
+        producer.send(t["changelog"], b"\x00" * 64, key=b"junk-%d" % p, partition=p)
+    producer.flush()
+    producer.close()
+
+    proc = start_worker(cfg, log)
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert not marker.exists()
+    assert "records refused" in log.read_text()
+    live = forecast_table(read_forecasts(kafka_broker, t["forecasts"]))
+    assert any(k[0] == victim for k in live)  # the victim goes on, from a fresh state
+    others = {k: v for k, v in live.items() if k[0] != victim}
+    replay = replay_of(tmp_path, df.filter(pl.col("key") != victim), "key", "ts", ["value"], windowing, forecast)
+    assert_live_matches_replay(others, replay, 11, 3)
