@@ -44,7 +44,7 @@ from .config import Config
 from .metrics import Health, WorkerMetrics
 from .pipeline import Pipeline
 from .errors import StreamseqError
-from .state_codec import decode_keys, encode_keys
+from .state_codec import MAX_EVENT_NS, decode_keys, encode_keys
 
 log = logging.getLogger("streamseq.worker")
 
@@ -287,10 +287,13 @@ class StreamWorker:
         if meta:
             try:
                 doc = json.loads(meta)
-                if doc.get("format") == CLOCK_METADATA and isinstance(doc.get("st"), int):
-                    clock = {"st": doc["st"], **({"jump": doc["jump"]} if isinstance(doc.get("jump"), list)
-                                                 and len(doc["jump"]) == 3 else {})}
-            except (ValueError, TypeError, AttributeError):
+                st, jump = doc.get("st"), doc.get("jump")
+                # Any group member can commit metadata: only event times a worker could have written.
+                if doc.get("format") == CLOCK_METADATA and _event_time(st):
+                    clock = {"st": st, **({"jump": jump} if isinstance(jump, list) and len(jump) == 3
+                                          and _event_time(jump[0]) and type(jump[1]) is int
+                                          and 0 <= jump[1] < 2**31 and type(jump[2]) is bool else {})}
+            except (ValueError, TypeError, AttributeError, RecursionError):
                 log.warning("offset metadata of %s is not a streamseq clock; stream time restarts", tp)
         return off, clock
 
@@ -386,6 +389,10 @@ class _Lost(Exception):
     def __init__(self, cause: BaseException):
         super().__init__(str(cause))
         self.cause = cause
+
+
+def _event_time(x) -> bool:
+    return type(x) is int and 0 <= x <= MAX_EVENT_NS
 
 
 def _subset(keys, state, idx):

@@ -714,3 +714,28 @@ def test_worker_restores_river_baselines_and_shrugs_off_a_poisoned_changelog(kaf
     others = {k: v for k, v in live.items() if k[0] != victim}
     replay = replay_of(tmp_path, df.filter(pl.col("key") != victim), "key", "ts", ["value"], windowing, forecast)
     assert_live_matches_replay(others, replay, 11, 3)
+
+
+# -- committed offset metadata (the stream-time clock) ----------------------------------------------
+@pytest.mark.parametrize("meta", [
+    '{"format": "streamseq.clock/v1", "st": 1180591620717411303424}',
+    '{"format": "streamseq.clock/v1", "st": -5}', '{"format": "streamseq.clock/v1", "st": 1.5e18}',
+    '{"format": "streamseq.clock/v1", "st": 3600000000000, "jump": [{"a": 1}, 1, true]}',
+    '{"format": "streamseq.clock/v1", "st": 3600000000000, "jump": [1180591620717411303424, 1, true]}',
+    '{"format": "streamseq.clock/v1", "st": 3600000000000, "jump": [7200000000000, -1, 1]}',
+    "[" * 5000, "\udcff", "[1]", '"x"', "null", '{"format": "streamseq.clock/v1"}',
+])
+def test_committed_offset_metadata_never_stops_the_stream(meta):
+    """Offset metadata is written with the group's commits, by any member: a clock a worker could not
+    have written is ignored, and the stream goes on."""
+    import types
+
+    from streamseq.worker import StreamWorker
+
+    pipe, sink = _pipeline()
+    fake = types.SimpleNamespace(part=types.SimpleNamespace(committed_metadata=lambda tp: (3, meta)))
+    off, clock = StreamWorker._committed(fake, "obs[0]")
+    assert off == 3
+    pipe.windower.restore_clock(0, clock)
+    pipe.process(_batch(range(4), 0, seed=0), _Part())
+    assert sum(len(b) for b in sink.batches) > 0
