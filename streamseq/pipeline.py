@@ -389,8 +389,14 @@ class Pipeline:
                     log.warning("state of %s %s does not fit (%s); %d keys start afresh", kind, name, exc, len(slots))
                     comp.reset(slots)
                     continue
-                unfit = state.get(f"{RESET}{kind}.{name}")  # keys whose record of it did not fit (decode_keys)
-                if unfit is not None and unfit.any():
+                unfit = state.get(f"{RESET}{kind}.{name}", np.zeros(len(slots), bool))  # see decode_keys
+                if hasattr(comp, "state_faults"):  # values the component itself knows no update writes
+                    faults = comp.state_faults(part)
+                    if faults.any():
+                        log.warning("state of %s %s: %d keys hold values no update writes; they start afresh",
+                                    kind, name, int(faults.sum()))
+                    unfit = unfit | faults
+                if unfit.any():
                     comp.reset(slots[unfit])
 
     def forget_keys(self, keys: list[str]) -> None:

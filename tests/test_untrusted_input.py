@@ -314,7 +314,8 @@ def test_changelog_records_fuzzed(trained, tmp_path):
 
 
 @pytest.mark.parametrize("what", ["nan hidden state", "inf statistics", "int for float", "wrong hidden size",
-                                  "negative count", "blob of floats", "ragged of ints", "river values NaN"])
+                                  "negative count", "huge mean", "negative variance", "blob of floats",
+                                  "ragged of ints", "river values NaN"])
 def test_crafted_model_state_resets_only_that_part(trained, what):
     pipe, records = trained
 
@@ -329,6 +330,10 @@ def test_crafted_model_state_resets_only_that_part(trained, what):
             t["model.gru/h"] = np.zeros((1, 9), np.float32)
         elif what == "negative count":  # its normalisation weight 1 / (n + 1) would be inf
             t["model.gru/n"] = np.full(1, -1, np.int64)
+        elif what == "huge mean":  # finite, but inf in float32: the normalised input is NaN
+            t["model.gru/mean"][0, 0] = 1e300
+        elif what == "negative variance":
+            t["model.gru/var"][0, 0] = -3e38
         elif what == "blob of floats":
             t["model.snarimax/tree#blob"] = np.zeros(4, np.float64)
         elif what == "ragged of ints":
@@ -339,7 +344,8 @@ def test_crafted_model_state_resets_only_that_part(trained, what):
     restored, sink, keys = _restore({**records, "c": _with_tensors(records["c"], edit)}, learn=True)
     assert keys == KEYS  # the key is restored...
     c, b = restored.keys.get("c"), restored.keys.get("b")
-    part = "gru" if any(w in what for w in ("hidden", "statistics", "int for", "count")) else "snarimax"
+    part = "gru" if any(w in what for w in ("hidden", "statistics", "int for", "count", "mean", "variance")) \
+        else "snarimax"
     if part == "gru":
         assert restored.models["gru"]._n[c] == 4 and restored.models["gru"]._n[b] > 4  # ...but its GRU afresh
     elif what != "river values NaN":
