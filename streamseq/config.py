@@ -15,6 +15,7 @@ streamseq.errors.ConfigError: forecast.horizn: expected one of the keys horizon,
 """
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -230,23 +231,25 @@ def _coerce(key: str, value: Any, typ: Any, from_env: bool) -> Any:
             return str(value).lower() in ("1", "true", "yes", "on")
         raise ConfigError(key, f"true or false, got {value!r}")
     if typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63:
             return value
         if from_env:
             try:
-                return int(value)
+                if -2**63 <= int(value) < 2**63:
+                    return int(value)
             except ValueError:
                 pass
-        raise ConfigError(key, f"an integer, got {value!r}")
+        raise ConfigError(key, f"a 64-bit integer, got {value!r}")
     if typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
         if from_env:
             try:
-                return float(value)
-            except ValueError:
+                if math.isfinite(float(value)):
+                    return float(value)
+            except (ValueError, OverflowError):
                 pass
-        raise ConfigError(key, f"a number, got {value!r}")
+        raise ConfigError(key, f"a finite number, got {value!r}")
     if typ is str:
         if isinstance(value, str):
             return value
@@ -386,17 +389,34 @@ def validate(cfg: Config) -> None:
         raise ConfigError("logging.format", f"auto, json or text, got {cfg.logging.format!r}")
     if not cfg.source.value_cols:
         raise ConfigError("source.value_cols", "at least one value column")
+    if isinstance(w.agg, dict):
+        for col, aggs in w.agg.items():
+            if not (isinstance(aggs, str) or isinstance(aggs, list) and all(isinstance(a, str) for a in aggs)):
+                raise ConfigError(f"windowing.agg.{col}", f"an aggregation or a list of them, got {aggs!r}")
     from .windowing import build_spec
 
     build_spec(cfg.source.value_cols, w.agg, w.grid, w.lateness_ns, w.gap, w.max_gap_fill, w.time_jump_ns)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB
+
+
 def load(path: str | os.PathLike, env: dict | None = None) -> Config:
+    """The config of a TOML file; ConfigError naming the file or key for anything unusable in it."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(str(path), "an existing TOML file")
     try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"valid TOML ({exc})") from exc
+        with open(p, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(str(path), f"a readable file ({exc.strerror or exc})") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(str(path), f"a TOML file of at most {MAX_CONFIG_BYTES} bytes")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), f"UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:  # ValueError: ints past 4300 digits
+        raise ConfigError(str(path), f"valid TOML ({str(exc)[:200]})") from exc
     return from_dict(data, base_dir=str(p.parent.resolve()), env=os.environ if env is None else env)

@@ -580,6 +580,9 @@ class StatefulRNNForecaster(BatchForecaster):
             **self._stats.snapshot(slots),
         }
 
+    def state_faults(self, state):
+        return self._stats.state_faults(state)  # keys Pipeline.restore_keys starts afresh
+
     def restore(self, slots, state):
         self._made = None
         self._h[slots] = torch.from_numpy(np.ascontiguousarray(state["h"], dtype=np.float32))
