@@ -219,7 +219,7 @@ def river_pass(cls, series: list[np.ndarray], horizon: int, season: int, calibra
         model.update(slots, y[:, None], np.zeros(len(slots), bool))
         f = model.forecast(slots)
         if calibrate:
-            a, b = cal.interval(slots, f)
+            a, b = cal.bounds(slots, f)
             cal.record(slots, t, f)
         for i, s in enumerate(slots.tolist()):
             mean[s][t] = f[i]
