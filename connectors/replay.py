@@ -826,17 +826,25 @@ class ReplaySource(Source):
             schemas.append(schema)
         self._schemas = schemas
         keys = _KeyTable()
-        heads = [self._frame(i).head(self.SAMPLE_ROWS).collect() for i in range(len(self.files))]
-        if not any(h.height for h in heads):
+        heads = [self._head(i) for i in range(len(self.files))]
+        if not any(h is None or h.height for h in heads):
             only_header = all(_format_of(p) == "csv" for p in self.files)
             raise InputError(f"{', '.join(self.files)}: no data rows" + (" (only a header)" if only_header else ""))
         for i, path in enumerate(self.files):
-            if heads[i].height == 0:
-                continue
+            head = heads[i]
+            if head is None or head.height == 0:
+                continue  # unreadable early on: the replay makes that a dead letter with its row
             decoder = _Decoder(self, path, i, _format_of(path), schemas[i], keys)
-            self._check_times(i, decoder, heads[i])
+            self._check_times(i, decoder, head)
             if self.late_after_ns is not None and "://" not in path:
                 self._check_order(i, decoder)
+
+    def _head(self, i: int) -> pl.DataFrame | None:
+        """The first rows of file ``i``; None when polars cannot read that far."""
+        try:
+            return self._frame(i).head(self.SAMPLE_ROWS).collect()
+        except Exception:  # noqa: BLE001 - a malformed file is the replay's to report, row by row
+            return None
 
     def _separator_hint(self, fmt: str, schema: pl.Schema) -> str:
         if fmt != "csv" or len(schema) != 1:
@@ -881,7 +889,10 @@ class ReplaySource(Source):
         cols = self._frame(i)
         if not small:
             cols = cols.head(self.ORDER_ROWS)
-        ts, _, _ = decoder.event_times(cols.collect())
+        try:
+            ts, _, _ = decoder.event_times(cols.collect())
+        except Exception:  # noqa: BLE001 - a file malformed further on: replayed as it is, bad rows dead letters
+            return
         good = ts != _NO_TS
         n = int(good.sum())
         if n == 0:

@@ -26,9 +26,9 @@ import torch
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from connectors.kafka.settings import KafkaSettings
-from connectors.kafka.source import JsonObservationDecoder
-from connectors.replay import ReplaySource
+from streamseq_connectors.kafka.settings import KafkaSettings
+from streamseq_connectors.kafka.source import JsonObservationDecoder
+from streamseq_connectors.replay import ReplaySource
 from helpers import H, obs
 from streamseq.config import load as load_config
 from streamseq.errors import StreamseqError
