@@ -261,3 +261,15 @@ def test_missing_module_names_its_extra():
     err = MissingExtra.of(ModuleNotFoundError("No module named 'kafka'", name="kafka"), "the kafka transport")
     assert str(err) == "the kafka transport needs kafka, which is not installed: pip install 'streamseq[kafka]'"
     assert MissingExtra.of(ModuleNotFoundError("x", name="something_else"), "x") is None
+
+
+@pytest.mark.parametrize("interval", [["1mo", "--timezone", "America/New_York"], ["1w", "--timezone", "Europe/Berlin"]])
+def test_calendar_windows_in_a_time_zone_run(tmp_path, capsys, interval):
+    """One window's end in a zone (a scalar through the grid's offset lookup) used to be a TypeError."""
+    rc, out, err = run(capsys, [str(ROOT / "replay_data" / "stocks.csv"), "--key-col", "symbol", "--time-col", "date",
+                                "--value-col", "close", "--interval", *interval, "--models", "naive", "--horizon", "2",
+                                "--end", "2016-01-01", "--out", str(tmp_path / "o"), "--no-progress", "--no-report"])
+    assert rc == 0, err
+    ends = pl.read_parquet(tmp_path / "o" / "windows.parquet")["end"]
+    local = ends.dt.convert_time_zone(interval[2])
+    assert (local.dt.hour() == 0).all() and (local.dt.minute() == 0).all()  # local midnights
