@@ -335,6 +335,10 @@ class Forecaster:
             t = t.cast(pl.Datetime("ns"))
         if isinstance(t.dtype, pl.Datetime):
             ns = t.dt.epoch("ns")
+        elif t.dtype.is_integer():  # exact: float64 cannot hold every ns of today's epoch
+            limit = np.iinfo(np.int64).max // _UNIT_NS[s.time_unit]
+            ns = pl.select(pl.when(t.cast(pl.Int64).abs() <= limit).then(t.cast(pl.Int64) * _UNIT_NS[s.time_unit])
+                           ).to_series()
         elif t.dtype.is_numeric():
             ns = (t.cast(pl.Float64) * _UNIT_NS[s.time_unit]).round().cast(pl.Int64, strict=False)
         else:
