@@ -184,6 +184,7 @@ def backtest(df, key: str = "key", time: str = "ts", value: str | Sequence[str] 
         result = run_backtest(cfg, Path(tmp) / "out", progress=False, report=False, keep_frames=True,
                               warn=_warn, command=_call("backtest", key, time, values, cfg))
     result.summary["input files"] = "(a DataFrame)"
+    result.provenance["config"] = result.provenance["config"].replace(json.dumps(str(path)), '"(the DataFrame)"')
     return BacktestResult(result, _is_pandas(df))
 
 
