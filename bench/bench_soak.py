@@ -313,6 +313,11 @@ class Scenario:
         self.moto = si.start_moto(self.work)
         self.broker = si.Broker(self.moto, self.work)
         si.create_topics(self.broker.bootstrap, list(self.topics.values()), PARTITIONS)
+        self.obs = si.TopicFollower(self.broker.bootstrap, self.topics["obs"])
+        self.feed_cfg = self.work / "feed.toml"
+        # A producer that batches (as real ones do): one record per batch would make one S3 object each.
+        self.feed_cfg.write_text(toml_sections({"kafka": {"bootstrap_servers": self.broker.bootstrap,
+                                                          "linger_ms": 50, "batch_size": 1048576}}))
         self.event(f"moto :{self.moto.port}, Tansu :{self.broker.port} on s3://{self.moto.bucket}/ (pid {self.broker.pid})")
 
     def make_slot(self, name: str) -> si.WorkerSlot:
@@ -380,6 +385,8 @@ class Scenario:
             for name in self.active:
                 self.slots[name].ready()  # notes when an incarnation became ready
                 self.slots[name].scrape()
+            if self.broker.tansu.alive():
+                self.obs.pump(budget_s=0.3)
 
     def supervise(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -415,7 +422,10 @@ class Scenario:
                    f"records_in {inc.metrics.get('streamseq_records_in', 0):.0f})")
 
     def terminate(self, name: str) -> None:
+        """SIGTERM once the incarnation is ready: one still starting has no signal handler yet."""
         slot = self.slots[name]
+        if not self.wait_ready(name):
+            self.event(f"{name} not ready after 120 s; SIGTERM anyway")
         self.active.discard(name)
         inc = slot.kill(signal.SIGTERM, timeout_s=SHUTDOWN_DEADLINE_S + 15)
         self.res.processed += inc.metrics.get("streamseq_records_in", 0.0)
@@ -438,7 +448,8 @@ class Scenario:
         self.tick()
 
     def _start_feed(self, n: int, bounds: tuple[str | None, str | None], paced: bool) -> None:
-        cmd = [self.python, "-m", "streamseq", "feed", str(self.stream.path), "--key-col", "key", "--time-col", "ts",
+        cmd = [self.python, "-m", "streamseq", "feed", str(self.stream.path), "--config", str(self.feed_cfg),
+               "--key-col", "key", "--time-col", "ts",
                "--value-col", "value", "--topic", self.topics["obs"], "--bootstrap-servers", self.broker.bootstrap]
         if bounds[0]:
             cmd += ["--start", bounds[0]]
@@ -492,8 +503,8 @@ class Scenario:
             for name in sorted(self.active):
                 self.terminate(name)
             self.check_topics()
-        except HarnessError as e:
-            self.res.harness_error = str(e)
+        except (HarnessError, RuntimeError, OSError) as e:
+            self.res.harness_error = f"{type(e).__name__}: {e}"
             self.event(f"HARNESS ERROR: {e}")
         finally:
             self.res.seconds = time.monotonic() - t0
@@ -532,7 +543,6 @@ class Scenario:
             if i == rb[0]:
                 self.spawn("w1", "(second worker: rebalance)")
             if i == rb[1] and "w1" in self.active:
-                self.wait_ready("w1")  # a SIGTERM before the handlers are installed is no clean stop
                 self.terminate("w1")
             if i in seg_at:
                 j = seg_at[i]
@@ -576,9 +586,7 @@ class Scenario:
         """Until the committed offsets reach every partition's end (bounded)."""
         self.wait_feeds()
         parts = list(range(PARTITIONS))
-        ends = {p: 0 for p in parts}
-        for m in si.read_topic(self.broker.bootstrap, self.topics["obs"], idle_s=1.0):
-            ends[m.partition] = max(ends[m.partition], m.offset + 1)
+        ends = self.obs.to_end()
         deadline = time.monotonic() + (self.args.drain_s or self.sizes.drain_s)
         committed = {}
         t0 = time.monotonic()
@@ -600,7 +608,8 @@ class Scenario:
 
     def check_topics(self) -> None:
         """The observation topic holds exactly the file's records (plus the injected bad ones)."""
-        msgs = si.read_topic(self.broker.bootstrap, self.topics["obs"], idle_s=1.0)
+        self.obs.to_end()
+        msgs = self.obs.messages
         self.obs_messages = msgs
         valid = [m for m in msgs if (m.partition, m.offset) not in self.bad_positions]
         self.res.records_topic = len(valid)
@@ -631,6 +640,8 @@ class Scenario:
                 slot.kill(signal.SIGKILL, timeout_s=10)
         for proc, _ in self.feeds:
             si.stop_process(proc, 2)
+        if getattr(self, "obs", None) is not None:
+            self.obs.close()
         if self.broker is not None:
             self.broker.stop()
         if self.moto is not None:

@@ -173,7 +173,8 @@ class Broker:
 
 # -- Kafka through librdkafka ------------------------------------------------------------------
 def _conf(bootstrap: str, **extra) -> dict:
-    return {"bootstrap.servers": bootstrap, "log_level": 3, **extra}
+    # log_level 0: no "connection refused" lines from librdkafka while the broker is down on purpose
+    return {"bootstrap.servers": bootstrap, "log_level": 0, **extra}
 
 
 def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
@@ -205,7 +206,7 @@ class Message:
     value: bytes | None
 
 
-def read_topic(bootstrap: str, topic: str, *, idle_s: float = 2.0, deadline_s: float = 180.0,
+def read_topic(bootstrap: str, topic: str, *, idle_s: float = 2.0, deadline_s: float = 600.0,
                isolation: str = "read_committed") -> list[Message]:
     """Every message of ``topic`` from the beginning: until every partition reported its end
     (librdkafka's partition EOF) and nothing came for ``idle_s``, or ``deadline_s`` passed."""
@@ -238,6 +239,62 @@ def read_topic(bootstrap: str, topic: str, *, idle_s: float = 2.0, deadline_s: f
         raise RuntimeError(f"reading {topic}: no end after {deadline_s:.0f} s ({len(out)} messages so far)")
     finally:
         c.close()
+
+
+class TopicFollower:
+    """Reads a topic from the beginning as it grows, a little at every ``pump``, so the final read
+    is short (Tansu on S3 serves each stored batch with one request to the S3 server)."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        self.topic = topic
+        self.parts = partitions_of(bootstrap, topic)
+        self.consumer = Consumer(_conf(bootstrap, **{
+            "group.id": f"soak-follower-{os.getpid()}-{time.monotonic_ns()}", "enable.auto.commit": False,
+            "enable.partition.eof": True, "isolation.level": "read_uncommitted", "auto.offset.reset": "earliest"}))
+        self.consumer.assign([TopicPartition(topic, p, -2) for p in self.parts])
+        self.by_position: dict[tuple[int, int], Message] = {}  # a re-fetch after a broker restart is no new message
+        self.ends = {p: 0 for p in self.parts}  # next offset after the last message seen
+        self.at_end: set[int] = set()
+
+    def pump(self, budget_s: float = 0.2, timeout_s: float = 0.0) -> int:
+        n = 0
+        deadline = time.monotonic() + budget_s
+        while True:
+            batch = self.consumer.consume(num_messages=10000, timeout=timeout_s)
+            for m in batch:
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        self.at_end.add(m.partition())
+                        continue
+                    if err.retriable() or err.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+                        continue  # e.g. while the broker restarts
+                    raise KafkaException(err)
+                self.at_end.discard(m.partition())
+                self.by_position[(m.partition(), m.offset())] = Message(m.partition(), m.offset(), m.key(), m.value())
+                self.ends[m.partition()] = max(self.ends[m.partition()], m.offset() + 1)
+                n += 1
+            if not batch or time.monotonic() >= deadline:
+                return n
+
+    def to_end(self, idle_s: float = 1.0, deadline_s: float = 600.0) -> dict[int, int]:
+        """Pump until every partition is at its end and nothing came for ``idle_s``."""
+        deadline = time.monotonic() + deadline_s
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            if self.pump(budget_s=1.0, timeout_s=0.5):
+                last = time.monotonic()
+            elif len(self.at_end) == len(self.parts) and time.monotonic() - last >= idle_s:
+                return dict(self.ends)
+        raise RuntimeError(f"following {self.topic}: no end after {deadline_s:.0f} s "
+                           f"({len(self.by_position)} messages, at end: {sorted(self.at_end)})")
+
+    @property
+    def messages(self) -> list[Message]:
+        return [self.by_position[k] for k in sorted(self.by_position)]
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, parts: list[int]) -> dict[int, int | None]:
