@@ -293,6 +293,9 @@ class Scenario:
         self.res = Result(name, self.eos)
         self.topics = {k: f"{name}-{k}" for k in ("obs", "forecasts", "dlq", "changelog")}
         self.group = f"soak-{name}"
+        # worker.toml's 5000; the rewind polls 500 (kafka-python's default) so that the first polls after
+        # its restart hold one partition each: every other partition then goes without records for a while.
+        self.max_poll_records = args.max_poll_records or (500 if name == "rewind" else 5000)
         self.moto: si.MotoServer | None = None
         self.broker: si.Broker | None = None
         self.slots: dict[str, si.WorkerSlot] = {}
@@ -325,7 +328,7 @@ class Scenario:
         t = self.topics
         kafka = {"bootstrap_servers": self.broker.bootstrap, "group_id": self.group,
                  "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "auto_offset_reset": "earliest",
-                 "max_poll_records": 5000, "linger_ms": 10, "batch_size": 1048576}
+                 "max_poll_records": self.max_poll_records, "linger_ms": 10, "batch_size": 1048576}
         if self.eos:
             kafka["transactional_id"] = f"{self.group}-{name}"  # stable per slot: a restart fences its old self
         text = 'name = "soak-worker"\nkind = "sensor"\nthreads = 1\n' + toml_sections({
@@ -648,6 +651,32 @@ class Scenario:
             self.moto.stop()
 
     # -- judging ------------------------------------------------------------------------------------
+    def owner_at(self, partition: int | None, t_ns: int) -> str:
+        """Which incarnation held ``partition`` at wall time ``t_ns`` (from the workers' logs), how it
+        was started and what its last assignment restored; falls back to every incarnation alive."""
+        t = t_ns / 1e9
+        if partition is not None:
+            if not hasattr(self, "_assign"):
+                self._assign = {name: slot.assignments() for name, slot in self.slots.items()}
+            found = []
+            for name, slot in self.slots.items():
+                for inc in slot.history:
+                    if not (inc.started <= t <= (inc.ended or math.inf)):
+                        continue
+                    events = [e for e in self._assign[name].get(inc.n, []) if e[0] <= t]
+                    if events and partition in events[-1][1]:
+                        what = events[-1][2].split(";", 1)[-1].strip()
+                        found.append(f"{name}#{inc.n} ({self._why(name, inc)}; p{partition} assigned at "
+                                     f"+{events[-1][0] - inc.started:.1f} s, {what})")
+            if found:
+                return " / ".join(found)
+        return self.incarnation_at(t_ns, offset=False)
+
+    def _why(self, name: str, inc) -> str:
+        how = next((e for ts, e in reversed(self.events) if ts <= inc.started + 0.01
+                    and e.startswith(f"start {name}#{inc.n} ")), "")
+        return how.split(")", 1)[-1].strip() or "first start"
+
     def incarnation_at(self, t_ns: int, offset: bool = True) -> str:
         """The worker incarnation(s) alive at wall time ``t_ns`` and how each was started."""
         t = t_ns / 1e9
@@ -655,9 +684,7 @@ class Scenario:
         for slot in self.slots.values():
             for inc in slot.history:
                 if inc.started <= t <= (inc.ended or math.inf):
-                    how = next((e for ts, e in reversed(self.events) if ts <= inc.started + 0.01
-                                and e.startswith(f"start {slot.name}#{inc.n} ")), "")
-                    why = how.split(")", 1)[-1].strip() or "first start"
+                    why = self._why(slot.name, inc)
                     alive.append(f"{slot.name}#{inc.n} ({why}" + (f"; +{t - inc.started:.1f} s)" if offset else ")"))
         return " / ".join(alive) or "no worker alive"
 
@@ -682,16 +709,24 @@ class Scenario:
         dups = [fid for fid, cs in live.items() if len(cs) > 1]
         r.duplicated = len(dups)
         r.duplicates_identical = all(all(c.values() == cs[0].values() for c in cs) for cs in (live[f] for f in dups))
-        by_inc: dict = {}
+        # A key's first wrong forecast shows where it went wrong; later ones follow from its state.
+        first_wrong: dict = {}
         for fid in wrong_ids:
+            if fid[0] not in first_wrong or fid[1] < first_wrong[fid[0]][1]:
+                first_wrong[fid[0]] = fid
+        per_key = Counter(f[0] for f in wrong_ids)
+        by_inc: dict = {}
+        for key, fid in first_wrong.items():
             bad = next(c for c in live[fid] if c.values() != expected[fid])
-            who = self.incarnation_at(bad.produced_ns, offset=False)
+            who = self.owner_at(self.key_partition.get(key), bad.produced_ns)
             n, keys, first = by_inc.get(who, (0, set(), fid[1]))
-            keys.add(fid[0])
-            by_inc[who] = (n + 1, keys, min(first, fid[1]))
-        r.wrong_keys = len({fid[0] for fid in wrong_ids})
-        r.wrong_by_incarnation = {who: f"{n:,} forecasts of {len(keys)} keys from origin {iso(first)}"
-                                  for who, (n, keys, first) in sorted(by_inc.items(), key=lambda x: -x[1][0])}
+            keys.add(key)
+            by_inc[who] = (n + per_key[key], keys, min(first, fid[1]))
+        r.wrong_keys = len(first_wrong)
+        r.wrong_by_incarnation = {
+            who: f"{len(keys)} keys (p{','.join(sorted({str(self.key_partition.get(k)) for k in keys}))}) "
+                 f"first wrong at origin {iso(first)}; {n:,} wrong forecasts of these keys in all"
+            for who, (n, keys, first) in sorted(by_inc.items(), key=lambda x: -len(x[1][1]))}
         r.missing_by_partition = dict(Counter(self.key_partition.get(k, -1) for k, _, _ in missing_ids))
         for fid in sorted(wrong_ids, key=lambda f: (f[1], f[0]))[:8]:
             bad = next(c for c in live[fid] if c.values() != expected[fid])
@@ -700,7 +735,7 @@ class Scenario:
                 f"wrong   {fid[0]} (p{self.key_partition.get(fid[0])}) origin {iso(fid[1])} {fid[2]}: "
                 f"mean[0:2] expected {_fmt(want[1][:2])} got {_fmt(bad.means[:2])}"
                 + ("" if bad.version == want[0] else f", version {bad.version} != {want[0]}")
-                + f"; made by {self.incarnation_at(bad.produced_ns)}")
+                + f"; made by {self.owner_at(self.key_partition.get(fid[0]), bad.produced_ns)}")
         for fid in sorted(missing_ids, key=lambda f: (f[1], f[0]))[:5]:
             r.examples.append(f"missing {fid[0]} (p{self.key_partition.get(fid[0])}) origin {iso(fid[1])} {fid[2]}")
         for fid in sorted(unexpected, key=lambda f: (f[1], f[0]))[:5]:
@@ -769,7 +804,7 @@ def report(r: Result) -> str:
                  f"{r.bad_dead_lettered:,} of {r.bad_injected:,}; valid records dead-lettered "
                  f"{r.valid_dead_lettered:,} {r.valid_dead_by_reason or ''}")
     if r.wrong_by_incarnation:
-        lines.append(f"   wrong forecasts ({r.wrong_keys} keys) by the worker that made them:")
+        lines.append(f"   wrong forecasts: {r.wrong_keys} keys; the worker that made each key's first wrong one:")
         for who, what in list(r.wrong_by_incarnation.items())[:8]:
             lines.append(f"      {who}: {what}")
     if r.missing_by_partition:
@@ -796,6 +831,7 @@ def main(argv=None) -> int:
     p.add_argument("--broker-signal", choices=["kill", "term"], default="kill")
     p.add_argument("--no-broker-restart", action="store_true")
     p.add_argument("--no-rebalance", action="store_true")
+    p.add_argument("--max-poll-records", type=int, help="worker max_poll_records (default 5000; rewind 500)")
     p.add_argument("--drain-s", type=float, help="longest wait for the workers to catch up")
     p.add_argument("--max-unplanned", type=int, default=40)
     p.add_argument("--seed", type=int, default=1)

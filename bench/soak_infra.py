@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -470,3 +471,32 @@ class WorkerSlot:
             except ValueError:
                 msgs.append(line[:300])
         return " | ".join(msgs[-n:])
+
+    def assignments(self) -> dict[int, list[tuple[float, frozenset, str]]]:
+        """Per incarnation number: (wall time, partitions owned from then on, what the log said),
+        from the worker's JSON log lines "partitions assigned: ..." and "partitions revoked: ..."."""
+        out: dict[int, list] = {}
+        n = 0
+        try:
+            text = self.log_path.read_text("utf-8", "replace")
+        except OSError:
+            return out
+        for line in text.splitlines():
+            if line.startswith("=====") and "incarnation" in line:
+                n = int(line.split("incarnation")[1].split()[0])
+                continue
+            if '"partitions ' not in line:
+                continue
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue
+            msg = str(d.get("msg", ""))
+            if not (msg.startswith("partitions assigned:") or msg.startswith("partitions revoked:")):
+                continue
+            t = datetime.fromisoformat(str(d["ts"]).replace("Z", "+00:00")).timestamp()
+            head = msg.split(";")[0]
+            parts = frozenset(int(x.split("[")[1].rstrip("]")) for x in head.split(":", 1)[1].split(",")
+                              if "[" in x) if msg.startswith("partitions assigned:") else frozenset()
+            out.setdefault(n, []).append((t, parts, msg))
+        return out
