@@ -35,7 +35,7 @@ import polars as pl
 from streamseq.clock import SystemClock
 from streamseq.errors import ConfigError, InputError
 from streamseq.io import Source, SourcePartition
-from streamseq.records import DeadLetter, ObservationBatch
+from streamseq.records import MAX_ABS_VALUE, DeadLetter, ObservationBatch, key_fault
 
 _FORMATS = (
     (".csv.gz", "csv"),
@@ -52,7 +52,8 @@ _ISO_SECONDS = "%Y-%m-%dT%H:%M:%S"
 _FALLBACK_FORMATS = ("%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%d")
 # Row kinds in the merge buffer.
 _GOOD, _DEAD, _SKIP, _BROKEN = 0, 1, 2, 3
-_VALUE_FAULTS = {1: "missing value in {!r}", 2: "non-numeric value in {!r}", 3: "non-finite value in {!r}"}
+_VALUE_FAULTS = {1: "missing value in {!r}", 2: "non-numeric value in {!r}", 3: "non-finite value in {!r}",
+                 4: "value out of range in {!r} (|value| > %g)" % MAX_ABS_VALUE}
 
 
 def _format_of(path: str) -> str | None:
@@ -209,7 +210,7 @@ class _KeyTable:
     def __init__(self) -> None:
         self._cats = pl.Categories.random() if hasattr(pl, "Categories") else None
         self._names = np.empty(0, dtype=object)
-        self._blank = np.empty(0, dtype=bool)
+        self._fault = np.empty(0, dtype=object)  # per distinct key: why it can't be used (records.key_fault), or None
 
     def expr(self, key: pl.Expr) -> pl.Expr:
         key = key.cast(pl.String)
@@ -218,21 +219,29 @@ class _KeyTable:
         return key.cast(pl.Categorical(self._cats)).to_physical()
 
     def lookup(self, coded: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-        """(keys, missing) for a column produced by ``expr``."""
+        """(keys, fault) for a column produced by ``expr``: fault is the reason a key can't be used, or None."""
         if self._cats is None:
             keys = coded.to_numpy().astype(object)
-            missing = (coded.is_null() | (coded.str.strip_chars() == "")).fill_null(True).to_numpy()
-            return keys, missing
+            return keys, np.array([_key_reason(k) for k in keys.tolist()], dtype=object)
         null = coded.is_null().to_numpy()
         codes = coded.fill_null(0).to_numpy().astype(np.int64)
         if len(codes) and codes.max() >= len(self._names):
             new = self._cats.to_series()[len(self._names):].to_numpy().astype(object)
             self._names = np.concatenate([self._names, new])
-            blank = np.fromiter((s.strip() == "" for s in new), dtype=bool, count=len(new))
-            self._blank = np.concatenate([self._blank, blank])
+            fault = np.array([_key_reason(k) for k in new.tolist()], dtype=object)
+            self._fault = np.concatenate([self._fault, fault])
         if not len(self._names):
-            return np.full(len(codes), None, dtype=object), np.ones(len(codes), dtype=bool)
-        return self._names[codes], null | self._blank[codes]
+            return np.full(len(codes), None, dtype=object), np.full(len(codes), "missing key", dtype=object)
+        fault = self._fault[codes]
+        if null.any():
+            fault = fault.copy()
+            fault[null] = "missing key"
+        return self._names[codes], fault
+
+
+def _key_reason(key) -> str | None:
+    fault = key_fault(key)
+    return None if fault is None else fault[1]
 
 
 @dataclass
@@ -306,11 +315,12 @@ class _Decoder:
                 num = text.cast(pl.Float64, strict=False)
                 fault = (
                     pl.when(text.is_null() | (text == "")).then(1).when(num.is_null()).then(2)
-                    .when(~num.is_finite()).then(3).otherwise(0)
+                    .when(~num.is_finite()).then(3).when(num.abs() > MAX_ABS_VALUE).then(4).otherwise(0)
                 )
             else:
                 num = v.cast(pl.Float64, strict=False)
-                fault = pl.when(num.is_null()).then(1).when(~num.is_finite()).then(3).otherwise(0)
+                fault = (pl.when(num.is_null()).then(1).when(~num.is_finite()).then(3)
+                         .when(num.abs() > MAX_ABS_VALUE).then(4).otherwise(0))
             exprs += [num.fill_null(math.nan).alias(f"v{i}"), fault.cast(pl.Int8).alias(f"f{i}")]
         self._exprs = exprs
 
@@ -326,7 +336,8 @@ class _Decoder:
         else:
             raw = chunk.select(self._select)
         out = raw.lazy().select(self._exprs).collect()  # lazy: shared subexpressions computed once
-        keys, key_missing = self._keys.lookup(out["k"])
+        keys, key_fault_ = self._keys.lookup(out["k"])
+        key_missing = key_fault_.astype(bool)  # None -> False, a reason -> True
         t_missing = out["tm"].to_numpy()
         if self._auto_time:
             ts = _iso_ns(raw["t"]).fill_null(_NO_TS).to_numpy(writable=True)
@@ -362,7 +373,7 @@ class _Decoder:
             else:
                 payload = _payload(self._names, row)
             reason = line_faults.get(i) or self._reason(
-                bool(key_missing[i]), int(ts[i]), bool(t_missing[i]), faults[i], row[1]
+                key_fault_[i], int(ts[i]), bool(t_missing[i]), faults[i], row[1]
             )
             letters[first_row + i] = DeadLetter(
                 reason=reason,
@@ -374,9 +385,9 @@ class _Decoder:
             )
         return _Rows(keys, ts, values, offset, pm, kind), letters
 
-    def _reason(self, key_missing: bool, ts: int, t_missing: bool, faults: np.ndarray, raw_time) -> str:
-        if key_missing:
-            return "missing key"
+    def _reason(self, key_fault: str | None, ts: int, t_missing: bool, faults: np.ndarray, raw_time) -> str:
+        if key_fault is not None:
+            return key_fault
         if ts == _NO_TS:
             return "missing time" if t_missing else f"unparsable time {_short(raw_time)}"
         j = int(np.flatnonzero(faults)[0])

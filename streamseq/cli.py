@@ -1,7 +1,9 @@
 """``streamseq`` command line: replay backtests, the stream worker, the trainer, and tools.
 
-Bad usage (a missing file or column, an invalid interval) gives one line on
-stderr and exit code 2 before any work starts.
+Exit codes: 0 done (a worker: stopped cleanly); 1 a runtime failure (e.g. the
+broker stayed unreachable, a fenced producer), one line on stderr; 2 bad usage
+(a missing file or column, an invalid setting), one line on stderr before any
+work starts; 3 a worker's shutdown deadline passed; 130 interrupted.
 """
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import StreamseqError
+from .errors import StreamseqError, UsageError
 
+EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 
 
@@ -197,9 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     try:
         return int(a.fn(a) or 0)
-    except StreamseqError as exc:
+    except UsageError as exc:
         print(f"streamseq: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StreamseqError as exc:
+        print(f"streamseq: error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     except KeyboardInterrupt:
         return 130
 

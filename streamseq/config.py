@@ -48,10 +48,20 @@ class WindowingConfig:
     allowed_lateness: str = "0s"
     gap: str = "ffill"  # ffill | skip
     max_gap_fill: int = 48  # longer gaps are not filled
+    max_time_jump: str = "auto"  # how far one record may move stream time ahead unconfirmed (auto: 100 windows, >= 7d; "off")
 
     @property
     def interval_ns(self) -> int:
         return parse_duration(self.interval, "windowing.interval")
+
+    @property
+    def time_jump_ns(self) -> int:
+        """-1 = auto, 0 = off, else ns."""
+        if self.max_time_jump == "auto":
+            return -1
+        if self.max_time_jump in ("off", "0"):
+            return 0
+        return parse_duration(self.max_time_jump, "windowing.max_time_jump")
 
     @property
     def lateness_ns(self) -> int:
@@ -158,7 +168,7 @@ class WorkerConfig:
     http_host: str = "0.0.0.0"
     http_port: int = 8080  # 0 = off
     exactly_once: bool = False
-    partition_idle_s: float = 0.0
+    outage_budget_s: float = 120.0  # how long a checkpoint retries an unreachable broker before the worker exits
 
 
 @dataclass
@@ -314,6 +324,7 @@ def validate(cfg: Config) -> None:
     if w.interval_ns <= 0:
         raise ConfigError("windowing.interval", "a positive duration")
     w.lateness_ns  # parses or raises
+    w.time_jump_ns
     if w.gap not in ("ffill", "skip"):
         raise ConfigError("windowing.gap", f"'ffill' or 'skip', got {w.gap!r}")
     if f.horizon < 1 or f.horizon > 10_000:
@@ -355,7 +366,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("source.value_cols", "at least one value column")
     from .windowing import build_spec
 
-    build_spec(cfg.source.value_cols, w.agg, w.interval_ns, w.lateness_ns, w.gap, w.max_gap_fill)
+    build_spec(cfg.source.value_cols, w.agg, w.interval_ns, w.lateness_ns, w.gap, w.max_gap_fill, w.time_jump_ns)
 
 
 def load(path: str | os.PathLike, env: dict | None = None) -> Config:

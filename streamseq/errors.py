@@ -6,7 +6,11 @@ class StreamseqError(Exception):
     """Root of every error streamseq raises on purpose."""
 
 
-class ConfigError(StreamseqError):
+class UsageError(StreamseqError):
+    """The command cannot run as asked (a setting, an input, an argument): exit code 2."""
+
+
+class ConfigError(UsageError):
     """A setting is missing or invalid; the message names the key and what was expected."""
 
     def __init__(self, key: str, expected: str):
@@ -15,7 +19,7 @@ class ConfigError(StreamseqError):
         super().__init__(f"{key}: expected {expected}")
 
 
-class InputError(StreamseqError):
+class InputError(UsageError):
     """An input file or column cannot be used (raised before any work starts)."""
 
 

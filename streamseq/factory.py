@@ -37,7 +37,7 @@ def torch_threads(cfg: Config, streaming: bool = False) -> int:
 def window_spec(cfg: Config, value_cols: list[str] | None = None) -> WindowSpec:
     w = cfg.windowing
     cols = value_cols or cfg.source.value_cols
-    return build_spec(cols, w.agg, w.interval_ns, w.lateness_ns, w.gap, w.max_gap_fill)
+    return build_spec(cols, w.agg, w.interval_ns, w.lateness_ns, w.gap, w.max_gap_fill, w.time_jump_ns)
 
 
 def rnn_config(cfg: Config, cell: str, n_features: int) -> RNNConfig:

@@ -25,6 +25,9 @@ class WorkerMetrics:
                                          buckets=_LATENCY_BUCKETS + (30.0, 60.0, 300.0), registry=r)
         self.restored_keys = Counter("streamseq_restored_keys", "Keys restored from the changelog", registry=r)
         self.checkpoints = Counter("streamseq_checkpoints", "Checkpoints committed", registry=r)
+        self.rewinds = Counter("streamseq_rewinds", "Rewinds to the last commit after records were lost", registry=r)
+        self.state_too_large = Counter("streamseq_state_too_large",
+                                       "Key states over the record size limit, not kept in the changelog", registry=r)
         self.keys = Gauge("streamseq_keys", "Keys with state in this worker", registry=r)
         self.model_version = Gauge("streamseq_model_info", "Model versions in service", ["model", "version"], registry=r)
         self.model_swaps = Counter("streamseq_model_swaps", "Hot swaps of model versions", ["model"], registry=r)

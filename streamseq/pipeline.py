@@ -18,11 +18,12 @@ import numpy as np
 
 from .calibration import ConformalCalibrator
 from .clock import SystemClock
+from .grid import FixedGrid
 from .io import DeadLetterSink, ForecastSink, SourcePartition
 from .keyspace import KeyIndex, grow
 from .models.base import BatchForecaster
 from .records import DeadLetter, ForecastBatch, ObservationBatch, WindowBatch
-from .timeutil import iso
+from .timeutil import format_duration, iso
 from .windowing import NO_WID, ClosedWindows, WindowSpec, Windower
 
 ENSEMBLE = "ensemble"
@@ -38,6 +39,7 @@ class PipelineStats:
     forecasts_out: int = 0
     dead_letters: int = 0
     late_records: int = 0
+    future_records: int = 0
     dead_by_reason: dict = field(default_factory=dict)
 
 
@@ -55,9 +57,12 @@ class Pipeline:
         capacity: int = 1024,
     ):
         self.spec = spec
+        self.grid = FixedGrid(spec.interval)
         self.n_fields = n_fields
         self.horizon = horizon
         self.models = {m.name: m for m in models}
+        for m in models:
+            m.bind_grid(self.grid)
         self.calibrators = {m.name: ConformalCalibrator(horizon, interval_level) for m in models}
         self.ensemble = ensemble and len(models) > 1
         if self.ensemble:
@@ -100,6 +105,7 @@ class Pipeline:
     def swap_model(self, model: BatchForecaster) -> None:
         """Replace a model between batches (hot swap); per-key state arenas are kept by the caller's model."""
         model.ensure_capacity(self.keys.capacity)
+        model.bind_grid(self.grid)
         self.models[model.name] = model
         if model.name not in self.calibrators:
             self.calibrators[model.name] = ConformalCalibrator(self.horizon, self.calibrators[next(iter(self.calibrators))].level)
@@ -131,10 +137,12 @@ class Pipeline:
             if dup.any():
                 self._duplicate_letters(batch.take(idx), dup, part)
                 apply[idx[dup]] = False
-        closed, late, wm = self.windower.process(slots, batch.ts, batch.values, batch.partition, partitioned,
-                                                 apply=apply)
+        closed, late, future, wm = self.windower.process(slots, batch.ts, batch.values, batch.partition,
+                                                         partitioned, apply=apply)
         if late.any():
             self._late(batch, late, wm, part)
+        if future.any():
+            self._future(batch, future, part)
         return self._advance(closed)
 
     def finish(self) -> int:
@@ -187,6 +195,23 @@ class Pipeline:
             ))
         self._dead(letters)
 
+    def _future(self, batch, future, part) -> None:
+        idx = np.flatnonzero(future)
+        self.stats.future_records += len(idx)
+        limit = format_duration(self.spec.time_jump_limit)
+        letters = []
+        for i in idx.tolist():
+            p = int(batch.partition[i])
+            letters.append(DeadLetter(
+                reason=f"future_time: {iso(int(batch.ts[i]))} is more than {limit} ahead of stream time "
+                       f"and no other key confirms the jump ([windowing] max_time_jump)",
+                source=_source(part, p)[0], partition=_source(part, p)[1], offset=int(batch.offset[i]),
+                payload=json.dumps({"key": batch.keys[i], "ts": iso(int(batch.ts[i])),
+                                    "values": batch.values[i].tolist()}),
+                key=str(batch.keys[i]),
+            ))
+        self._dead(letters)
+
     def _dead(self, letters: list[DeadLetter]) -> None:
         self.stats.dead_letters += len(letters)
         for dl in letters:
@@ -230,7 +255,7 @@ class Pipeline:
             cal = self.calibrators[name]
             if len(r_slots):
                 cal.observe(r_slots, wid, y)
-            model.update(slots, x, filled)
+            model.update(slots, x, filled, wid)
             if len(r_slots) == 0:
                 continue
             mean = model.forecast(r_slots)

@@ -14,6 +14,26 @@ import numpy as np
 
 FORECAST_SCHEMA = "streamseq.forecast/v1"
 NS_PER_S = 1_000_000_000
+# What every source accepts (replay and live alike). Keys travel in forecast messages, changelog
+# records and dead letters, so they must stay far below a broker's 1 MiB message limit; values
+# beyond 1e30 overflow the squares of the running statistics and the float32 rings of the models.
+MAX_KEY_BYTES = 1024
+MAX_ABS_VALUE = 1e30
+
+
+def key_fault(key) -> tuple[str, str] | None:
+    """Why a series key cannot be used, as (code, text), or None when it can. The one rule of every source.
+
+    >>> key_fault("s1") is None, key_fault("  ")[0], key_fault("x" * 2000)[0]
+    (True, 'missing_key', 'key_too_long')
+    """
+    if key is None or not key.strip():
+        return "missing_key", "missing key"
+    if len(key) * 4 > MAX_KEY_BYTES:
+        size = len(key.encode("utf-8", "surrogatepass"))
+        if size > MAX_KEY_BYTES:
+            return "key_too_long", f"key too long ({size:,} bytes > {MAX_KEY_BYTES})"
+    return None
 
 
 @dataclass

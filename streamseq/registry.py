@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ArtifactError, StreamseqError
+from .errors import UsageError, ArtifactError, StreamseqError
 
 FORMAT = "streamseq.model/v1"
 WEIGHTS = "weights.safetensors"
@@ -52,7 +52,7 @@ _VERSION = re.compile(r"^v(\d{4,})$")
 KINDS = {"transformer": "transformer", "gru": "rnn", "lstm": "rnn"}
 
 
-class RegistryError(StreamseqError):
+class RegistryError(UsageError):
     """A registry operation cannot be done (unknown version, nothing to roll back to)."""
 
 

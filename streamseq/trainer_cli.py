@@ -128,8 +128,14 @@ def _num(v) -> str:
 
 
 def cmd_models_promote(a) -> int:
+    from .errors import ArtifactError
+    from .registry import RegistryError
+
     reg = _registry(a)
-    reg.promote(a.model, a.version)
+    try:
+        reg.promote(a.model, a.version)
+    except ArtifactError as exc:  # the version asked for can't be put in service: a usage error (exit 2)
+        raise RegistryError(str(exc)) from exc
     print(f"{a.model}: {a.version} promoted (workers pick it up between batches)")
     return 0
 

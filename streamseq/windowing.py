@@ -6,6 +6,15 @@ the watermark is stream time minus the allowed lateness. A window closes when
 the watermark reaches its end. A record whose window has already closed is
 too late: it goes to the dead letters, never silently away.
 
+One record cannot drag stream time far ahead on its own (a device with a wrong
+clock, a typo in a year): a record more than ``max_time_jump`` ahead of its
+partition's stream time is held back and dead-lettered as ``future_time``
+until the jump is confirmed by a record of a second key (or, on a partition
+that has only ever seen one key, by a second such record); stream time then
+moves to the earliest of those times. A partition whose stream time is not
+known yet (a fresh start, or a restore without a committed clock) closes
+nothing until a record sets it.
+
 A key's state: its open windows (pre-aggregated cells), the last closed window
 and its features (for forward-fill), its partition and its latest event time.
 """
@@ -31,6 +40,14 @@ class WindowSpec:
     feature_names: list[str] = field(default_factory=lambda: ["value"])
     gap: str = "ffill"  # "ffill" | "skip"
     max_gap_fill: int = 48  # longer gaps are not filled: the series just resumes
+    max_time_jump: int = -1  # ns a record may move stream time ahead unconfirmed; -1 = auto, 0 = no limit
+
+    @property
+    def time_jump_limit(self) -> int:
+        """The jump limit in ns (auto: 100 windows, at least 7 days); 0 = no limit."""
+        if self.max_time_jump >= 0:
+            return self.max_time_jump
+        return max(100 * self.interval, 7 * 86_400 * 10**9)
 
     @property
     def n_features(self) -> int:
@@ -44,6 +61,7 @@ def build_spec(
     allowed_lateness: int = 0,
     gap: str = "ffill",
     max_gap_fill: int = 48,
+    max_time_jump: int = -1,
 ) -> WindowSpec:
     """Features per window from the value columns; feature 0 is the forecast target.
 
@@ -86,7 +104,7 @@ def build_spec(
         raise ConfigError("windowing.agg", "a string or a table of column = aggregation")
     if not feats:
         raise ConfigError("windowing.agg", "at least one feature")
-    return WindowSpec(interval, allowed_lateness, feats, names, gap, max_gap_fill)
+    return WindowSpec(interval, allowed_lateness, feats, names, gap, max_gap_fill, max_time_jump)
 
 
 def _sequential_sums(values: np.ndarray, start: np.ndarray, last: np.ndarray) -> np.ndarray:
@@ -138,6 +156,7 @@ class Windower:
         self.cell_wid = np.empty(0, np.int64)
         self.cell_stats = np.empty((0, n_fields, 6))
         self.stream_time: dict[int, int] = {}
+        self._pending: dict[int, list] = {}  # partition -> unconfirmed jump [earliest ts, records, slot, two keys]
 
     def ensure_capacity(self, cap: int) -> None:
         self.last_wid = grow(self.last_wid, cap, NO_WID)
@@ -147,33 +166,32 @@ class Windower:
 
     # -- hot path ---------------------------------------------------------
     def process(self, slots, ts, values, partition, partitioned_time: bool, apply: np.ndarray | None = None):
-        """Window a batch. Returns (closed windows, too-late mask over the batch, watermark per record).
+        """Window a batch. Returns (closed windows, too-late mask, far-future mask, watermark per record).
 
         Rows with ``apply`` False (already applied before a restore, or duplicates) move stream
-        time at their place in arrival order but are not aggregated nor judged late.
+        time at their place in arrival order but are not aggregated nor judged.
         """
         spec = self.spec
         n = len(ts)
         if n == 0:
-            return ClosedWindows.empty(spec.n_features), np.zeros(0, bool), np.zeros(0, np.int64)
+            empty = np.zeros(0, bool)
+            return ClosedWindows.empty(spec.n_features), empty, empty, np.zeros(0, np.int64)
         stream_part = partition.astype(np.int64) if partitioned_time else np.zeros(n, np.int64)
         st = np.empty(n, np.int64)
+        future = np.zeros(n, bool)
         for p in np.unique(stream_part).tolist():
             idx = np.flatnonzero(stream_part == p)
-            cm = np.maximum.accumulate(ts[idx])
-            prev = self.stream_time.get(p)
-            if prev is not None:
-                cm = np.maximum(cm, prev)
-            st[idx] = cm
-            self.stream_time[p] = int(cm[-1])
+            st[idx], future[idx] = self._clock(p, ts[idx], slots[idx], partitioned_time)
         wid = np.floor_divide(ts, spec.interval)
         wm = st - spec.allowed_lateness
         late = ((wid + 1) * spec.interval <= wm) | (wid <= self.last_wid[slots])
+        late &= ~future
         if apply is not None:
             late &= apply
-            good = ~late & apply
+            future &= apply
+            good = ~late & ~future & apply
         else:
-            good = ~late
+            good = ~late & ~future
         g_slots = slots[good]
         np.maximum.at(self.max_ts, g_slots, ts[good])
         self.key_part[g_slots] = partition[good]
@@ -188,7 +206,86 @@ class Windower:
         stats[:, :, LAST] = v
         self._merge(g_slots, wid[good], stats)
         closed = self._close(final=False, partitioned_time=partitioned_time)
-        return closed, late, wm
+        return closed, late, future, wm
+
+    def _clock(self, p: int, ts: np.ndarray, slots: np.ndarray, partitioned_time: bool):
+        """Stream time after each record of partition ``p`` (arrival order), and which records are
+        held back as too far in the future. Vectorised unless a jump beyond the limit is involved."""
+        limit = self.spec.time_jump_limit
+        prev = self.stream_time.get(p)
+        cm = np.maximum.accumulate(ts)
+        if prev is not None:
+            cm = np.maximum(cm, prev)
+        if not limit or p not in self._pending:
+            before = np.empty(len(ts), np.int64)  # stream time just before each record
+            before[1:] = cm[:-1]
+            before[0] = ts[0] if prev is None else prev
+            if not limit or not (ts - before > limit).any():
+                self.stream_time[p] = int(cm[-1])
+                return cm, np.zeros(len(ts), bool)
+        # Rare: a record far ahead of stream time. Decide record by record, in arrival order.
+        st = prev
+        pend = self._pending.pop(p, None)
+        single = self._keys_on(p, slots, partitioned_time) <= 1
+        out = np.empty(len(ts), np.int64)
+        future = np.zeros(len(ts), bool)
+        for i, (t, s) in enumerate(zip(ts.tolist(), slots.tolist())):
+            if st is None:
+                st = t
+            elif t - st > limit:
+                if pend is None:
+                    pend = [t, 1, s, False]
+                else:
+                    pend = [min(pend[0], t), pend[1] + 1, pend[2], pend[3] or s != pend[2]]
+                if pend[3] or (single and pend[1] >= 2):
+                    st = max(st, pend[0])  # confirmed: a real jump of the whole partition
+                    if t - st <= limit:
+                        st = max(st, t)
+                    pend = None
+                else:
+                    future[i] = True
+            elif t > st:
+                st = t
+            out[i] = st
+        self.stream_time[p] = int(st)
+        if pend is not None:
+            self._pending[p] = pend
+        return out, future
+
+    def _keys_on(self, p: int, slots: np.ndarray, partitioned_time: bool) -> int:
+        """Keys known on partition ``p`` (seen before, or in this batch)."""
+        seen = self.max_ts != NO_WID
+        if partitioned_time:
+            seen &= self.key_part == p
+        return len(np.union1d(np.flatnonzero(seen), slots))
+
+    def clock(self, p: int) -> dict | None:
+        """Partition ``p``'s stream time and any unconfirmed jump (None when unknown); see restore_clock."""
+        st = self.stream_time.get(p)
+        if st is None:
+            return None
+        out = {"st": int(st)}
+        pend = self._pending.get(p)
+        if pend is not None:
+            out["jump"] = [int(pend[0]), int(pend[1]), bool(pend[3])]
+        return out
+
+    def forget_clocks(self, parts=None) -> None:
+        """Forget the stream time of these partitions (all when None): their keys were dropped."""
+        for p in list(self.stream_time) if parts is None else parts:
+            self.stream_time.pop(p, None)
+            self._pending.pop(p, None)
+
+    def restore_clock(self, p: int, clock: dict | None) -> None:
+        """Set partition ``p``'s clock from ``clock()``'s output (e.g. stored with a committed offset)."""
+        if not clock:
+            return
+        self.stream_time[p] = int(clock["st"])
+        jump = clock.get("jump")
+        if jump:
+            # The first pending key is not kept; a pending jump confirmed by "two keys" is then
+            # confirmed by the next record of any key, at worst one record early.
+            self._pending[p] = [int(jump[0]), int(jump[1]), -1, bool(jump[2])]
 
     def flush(self) -> ClosedWindows:
         """Close every open window (end of a finite stream)."""
@@ -229,7 +326,9 @@ class Windower:
                 st = np.array([self.stream_time.get(int(p), NO_WID) for p in parts.tolist()], np.int64)
             else:
                 st = np.full(len(self.cell_slot), self.stream_time.get(0, NO_WID), np.int64)
-            is_closed = (self.cell_wid + 1) * spec.interval <= st - spec.allowed_lateness
+            known = st != NO_WID  # a partition without stream time closes nothing (the sentinel is no time)
+            wm = np.where(known, st, 0) - spec.allowed_lateness
+            is_closed = known & ((self.cell_wid + 1) * spec.interval <= wm)
         if not is_closed.any():
             return ClosedWindows.empty(spec.n_features)
         c_slot = self.cell_slot[is_closed]

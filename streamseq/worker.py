@@ -12,7 +12,16 @@ One loop, one thread of pipeline work:
 On a partition assignment the worker restores the latest state of the keys of
 the partitions it gained (reading the changelog itself) before it processes
 any of their records; records already reflected in a restored state are
-skipped. On revocation it checkpoints first, then forgets the moved keys.
+skipped. Each partition's stream time is committed with its offset (as the
+offset's metadata, the Kafka Streams way), so a restored partition closes its
+windows exactly when an uninterrupted worker would. On revocation it
+checkpoints first, then forgets the moved keys.
+
+Faults: a broker that can't be reached during a checkpoint is retried with
+backoff for up to ``[worker] outage_budget_s``; records that could not be
+delivered make the worker rewind (forget its state, restore it from the
+changelog, read again from the committed offsets). Once processing a batch has
+failed, nothing more is committed: the state in memory may be half-advanced.
 
 The transport is duck-typed (``connectors.kafka.transport.KafkaTransport``):
 ``part`` (a SourcePartition with ``set_rebalance_listener``,
@@ -23,6 +32,7 @@ The transport is duck-typed (``connectors.kafka.transport.KafkaTransport``):
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -33,9 +43,17 @@ from .clock import SystemClock
 from .config import Config
 from .metrics import Health, WorkerMetrics
 from .pipeline import Pipeline
+from .errors import StreamseqError
 from .state_codec import decode_keys, encode_keys
 
 log = logging.getLogger("streamseq.worker")
+
+
+class WorkerFailure(StreamseqError):
+    """The worker cannot go on (e.g. the broker stayed unreachable beyond the outage budget)."""
+
+
+CLOCK_METADATA = "streamseq.clock/v1"
 
 
 class StreamWorker:
@@ -61,6 +79,8 @@ class StreamWorker:
         self._last_registry_check = -1e18
         self._last_lag = -1e18
         self._seen = dict(records=0, skipped=0, windows=0, forecasts=0, dead=0)
+        self._failed = False  # processing raised: the state in memory must never be committed
+        self.max_state_bytes = int(getattr(transport, "max_record_bytes", 0) or 0)  # 0: no limit known
 
     # -- run loop -------------------------------------------------------------------
     def run(self, stop: threading.Event, max_records: int | None = None, max_idle_s: float | None = None) -> int:
@@ -96,6 +116,7 @@ class StreamWorker:
             self.checkpoint()
             return 0
         except BaseException:
+            self._failed = True  # close() must not commit what this failure left half-done
             self.health.live = False
             self.health.ready = False
             try:
@@ -105,30 +126,90 @@ class StreamWorker:
             raise
 
     def close(self) -> None:
-        """Leave the group (revocation checkpoints first) and close the producer."""
+        """Leave the group (revocation checkpoints first, unless processing failed) and close the producer."""
         try:
             self.part.close()
         finally:
-            self.producer.close()
+            # After a failure nothing queued will be committed: don't wait for it.
+            self.producer.close(timeout_s=0.0 if self._failed else 10.0)
 
     # -- checkpoint -----------------------------------------------------------------
     def checkpoint(self) -> None:
-        """Forecasts flushed, then state written, then offsets committed."""
-        self.producer.flush()  # 1. forecasts and dead letters acknowledged before any state says they exist
-        keys = self.pipeline.dirty_keys()
-        if keys:
-            state = self.pipeline.snapshot_keys(keys)
-            records = encode_keys(keys, state)
-            parts = self._changelog_partitions(keys)
-            for key, p in zip(keys, parts):
-                self.changelog.write(key, p, records[key])  # 2. state
-        owned = set(self.part.assignment())
-        offsets = {tp: off for tp, off in self.part.position_offsets().items() if tp in owned}
-        self.producer.commit(offsets, self.part)  # flushes the state, then 3. offsets (one transaction with exactly_once)
+        """Forecasts flushed, then state written, then offsets committed (with each partition's
+        stream time as the offset's metadata). A broker outage is ridden out for up to
+        ``[worker] outage_budget_s``; lost records make the worker rewind to its last commit."""
+        if self._failed:
+            raise WorkerFailure("processing failed earlier: nothing more is committed")
+        try:
+            self._retrying("flush", self.producer.flush)  # 1. forecasts and dead letters acknowledged
+            keys = self.pipeline.dirty_keys()
+            if keys:
+                self._write_state(keys)  # 2. state
+            owned = set(self.part.assignment())
+            offsets = {tp: (off, self._clock_metadata(tp)) for tp, off in self.part.position_offsets().items()
+                       if tp in owned}
+            # flushes the state, then 3. offsets (one transaction with exactly_once)
+            self._retrying("commit", lambda: self.producer.commit(offsets, self.part))
+        except _Lost as lost:
+            log.warning("checkpoint failed (%s): rewinding to the last commit", lost.cause)
+            self.metrics.rewinds.inc()
+            self.rewind_to_committed()
+            return
         self.pipeline.clear_dirty()  # only now: a failed commit must write these keys again
         self.metrics.checkpoints.inc()
         self._since_checkpoint = 0
         self._last_checkpoint = self.clock.monotonic()
+
+    def _write_state(self, keys: list[str]) -> None:
+        records = encode_keys(keys, self.pipeline.snapshot_keys(keys))
+        parts = self._changelog_partitions(keys)
+        limit = self.max_state_bytes
+        for key, p in zip(keys, parts):
+            value = records[key]
+            if limit and len(value) > limit:
+                # A record the broker would refuse would stop every later checkpoint: write a
+                # tombstone instead, so a restore starts this key afresh rather than from stale state.
+                log.error("state of key %r is %d bytes, over the %d-byte record limit: not kept in the changelog "
+                          "(the key starts afresh after a restore)", key[:64], len(value), limit)
+                self.metrics.state_too_large.inc()
+                value = None
+            self.changelog.write(key, p, value)
+
+    def _clock_metadata(self, tp) -> str:
+        clock = self.pipeline.windower.clock(self.part.partition_id(tp))
+        return "" if clock is None else json.dumps({"format": CLOCK_METADATA, **clock}, separators=(",", ":"))
+
+    def _retrying(self, what: str, fn):
+        """Call ``fn`` until it succeeds, retrying errors the connector marks retriable with backoff
+        for up to the outage budget. Records lost for good raise _Lost (the caller rewinds)."""
+        budget = self.cfg.worker.outage_budget_s
+        start = self.clock.monotonic()
+        delay = 0.5
+        while True:
+            try:
+                return fn()
+            except StreamseqError as exc:
+                if not getattr(exc, "retriable", False):
+                    if what == "flush" or type(exc).__name__ == "DeliveryError":
+                        raise _Lost(exc) from exc
+                    raise
+                waited = self.clock.monotonic() - start
+                if waited + delay > budget:
+                    raise WorkerFailure(f"{what} failed for {waited:.0f}s, beyond [worker] outage_budget_s = "
+                                        f"{budget:g}: {exc}") from exc
+                self.health.detail = f"broker unreachable: retrying {what}"
+                log.warning("%s failed (%s); retrying in %.1fs (%.0fs of the %gs outage budget used)",
+                            what, exc, delay, waited, budget)
+                self.clock.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def rewind_to_committed(self) -> None:
+        """Drop everything since the last commit and read it again: abort, forget every key,
+        restore the owned partitions' state from the changelog, seek to the committed offsets."""
+        self.rewind()
+        owned = list(self.part.assignment())
+        self._retrying("rewind", self.part.rewind_to_committed)
+        self._retrying("restore", lambda: self._on_assigned(owned))
 
     def _changelog_partitions(self, keys: list[str]) -> list[int]:
         slots = np.array([self.pipeline.keys.get(k) for k in keys], np.int64)
@@ -140,6 +221,10 @@ class StreamWorker:
         log.info("partitions revoked: %s", _fmt(tps))
         self.health.ready = False
         self.health.detail = "rebalancing"
+        if self._failed:  # closing after a failure: what was polled was not fully processed
+            log.warning("not committing on revocation: processing failed; the next owner resumes from the last commit")
+            self.rewind()
+            return
         try:
             self.checkpoint()
         except Exception:  # noqa: BLE001 - membership may be lost; the next owner restores from the changelog
@@ -155,6 +240,7 @@ class StreamWorker:
             log.exception("abort failed")
         keys = [k for k, _ in self.pipeline.keys.items()]
         self.pipeline.forget_keys(keys)
+        self.pipeline.windower.forget_clocks()
         self._owned = set()
         log.warning("rewound: %d keys will be restored from the changelog", len(keys))
 
@@ -167,6 +253,7 @@ class StreamWorker:
         gained = sorted(new - self._owned)
         restored = 0
         if gained:
+            commits = {tp: self._committed(tp) for tp in tps if tp.partition in gained}
             records = self.changelog.restore(gained)
             if records:
                 keys, state = decode_keys(records)
@@ -174,14 +261,13 @@ class StreamWorker:
                 if len(fresh) < len(keys):
                     keys, state = _subset(keys, state, fresh)
                 if keys:
-                    committed = {}
-                    for tp in tps:
-                        if tp.partition in gained:
-                            off = self.part.committed(tp)
-                            if off is not None:
-                                committed[self.part.partition_id(tp)] = int(off)
+                    committed = {self.part.partition_id(tp): int(off) for tp, (off, _) in commits.items()
+                                 if off is not None}
                     self.pipeline.restore_keys(keys, state, partitioned_time=True, committed=committed)
                 restored = len(keys)
+            for tp, (_, clock) in commits.items():  # stream time at the committed offset: windows close as if never stopped
+                if clock is not None:
+                    self.pipeline.windower.restore_clock(self.part.partition_id(tp), clock)
         self._owned = new
         dt = self.clock.monotonic() - t0
         self.metrics.restore_seconds.observe(dt)
@@ -192,15 +278,33 @@ class StreamWorker:
         log.info("partitions assigned: %s; restored %d keys in %.3fs", _fmt(tps), restored, dt,
                  extra={"keys": restored, "duration_s": round(dt, 3)})
 
+    def _committed(self, tp) -> tuple[int | None, dict | None]:
+        """(committed offset, the stream-time clock committed with it) of a partition."""
+        off, meta = self.part.committed_metadata(tp)
+        clock = None
+        if meta:
+            try:
+                doc = json.loads(meta)
+                if doc.get("format") == CLOCK_METADATA and isinstance(doc.get("st"), int):
+                    clock = {"st": doc["st"], **({"jump": doc["jump"]} if isinstance(doc.get("jump"), list)
+                                                 and len(doc["jump"]) == 3 else {})}
+            except (ValueError, TypeError, AttributeError):
+                log.warning("offset metadata of %s is not a streamseq clock; stream time restarts", tp)
+        return off, clock
+
     def _forget_partitions(self, partitions: set[int]) -> None:
         pipe = self.pipeline
         items = list(pipe.keys.items())
         if not items:
+            pipe.windower.forget_clocks([pid for pid in list(pipe.windower.stream_time)
+                                         if self.part.topic_partition(pid).partition in partitions])
             return
         slots = np.array([s for _, s in items], np.int64)
         kparts = np.array([self.part.topic_partition(int(p)).partition for p in pipe.windower.key_part[slots].tolist()])
         moved = [k for (k, _), p in zip(items, kparts.tolist()) if p in partitions]
         pipe.forget_keys(moved)
+        pipe.windower.forget_clocks([pid for pid in list(pipe.windower.stream_time)
+                                     if self.part.topic_partition(pid).partition in partitions])
         log.info("forgot %d keys of moved partitions %s", len(moved), sorted(partitions))
 
     # -- models, metrics ------------------------------------------------------------------
@@ -272,6 +376,14 @@ class LoggedDeadLetters:
 
     def close(self) -> None:
         pass
+
+
+class _Lost(Exception):
+    """Records of this checkpoint were lost for good: rewind to the last commit."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def _subset(keys, state, idx):

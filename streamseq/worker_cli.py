@@ -25,6 +25,16 @@ def _kafka_overrides(cfg, a) -> None:
         cfg.kafka["bootstrap_servers"] = a.bootstrap_servers
 
 
+def writer_id() -> str:
+    """A name no other worker uses: host (pod) name, process id and a random suffix."""
+    import re
+    import secrets
+    import socket
+
+    host = os.environ.get("HOSTNAME") or socket.gethostname()
+    return re.sub(r"[^A-Za-z0-9_.]", "_", f"{host}.{os.getpid()}.{secrets.token_hex(3)}")
+
+
 def build_worker(cfg, clock=None):
     """Pipeline + transport + worker as the config says (also used by the demo and tests)."""
     from .factory import build_pipeline
@@ -37,8 +47,9 @@ def build_worker(cfg, clock=None):
         from .store import WindowStore
         from .timeutil import parse_duration
 
+        # Several workers may share one store volume: each writes files under its own name.
         store = WindowStore(cfg.resolve(cfg.store.path), parse_duration(cfg.store.retention),
-                            cfg.store.max_bytes, cfg.store.flush_rows)
+                            cfg.store.max_bytes, cfg.store.flush_rows, writer=writer_id())
         pipeline.add_window_sink(store)
     if cfg.registry.path:
         try:

@@ -48,11 +48,12 @@ def write_worker_config(path: Path, broker, *, obs: str, forecasts: str, dlq: st
     return path
 
 
-def start_worker(cfg_path: Path, log_path: Path, *, idle_s: float | None = 6.0) -> subprocess.Popen:
+def start_worker(cfg_path: Path, log_path: Path, *, idle_s: float | None = 6.0,
+                 env: dict | None = None) -> subprocess.Popen:
     args = [sys.executable, "-m", "streamseq", "worker", "--config", str(cfg_path)]
     if idle_s is not None:
         args += ["--exit-when-idle", str(idle_s)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen(args, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
 

@@ -186,3 +186,26 @@ def test_flush_size_does_not_change_content(tmp_path, flush_rows):
     fill(s, range(1, 10))
     s.close()
     assert s.read().sort("key", "end")["value_mean"].to_list() == list(range(1, 10)) * 3
+
+
+def test_workers_sharing_one_store_never_overwrite_each_other(tmp_path):
+    """Two workers on one volume, each with its own writer id (as build_worker gives them): every
+    window either of them wrote is there afterwards."""
+    from streamseq.worker_cli import writer_id
+
+    ids = {writer_id() for _ in range(50)}
+    assert len(ids) == 50
+    a, b = (WindowStore(tmp_path, flush_rows=3, writer=w) for w in sorted(ids)[:2])
+    rows = {}
+    for i in range(30):
+        for name, store in (("a", a), ("b", b)):
+            key = f"{name}{i % 4}"
+            end = (i + 1) * 3600 * 10**9
+            store.write_windows(WindowBatch(np.array([key], dtype=object), np.array([end]), np.array([1]),
+                                            np.array([False]), np.array([[float(i)]]), ["value"]))
+            rows[(key, end)] = float(i)
+    a.close(), b.close()
+    got = WindowStore(tmp_path).read()
+    assert got.height == len(rows) == 60
+    assert {(k, e.value if hasattr(e, "value") else e): v for k, e, v in
+            zip(got["key"], got["end"].dt.epoch("ns"), got["value"])} == rows

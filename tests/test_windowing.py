@@ -8,13 +8,22 @@ H = 3600 * 10**9
 M = 60 * 10**9
 
 
-def windower(agg="mean", cols=("v",), lateness=0, gap="skip", max_fill=48, fields=None):
-    spec = build_spec(list(cols), agg, H, lateness, gap, max_fill)
+def windower(agg="mean", cols=("v",), lateness=0, gap="skip", max_fill=48, fields=None, max_jump=-1):
+    spec = build_spec(list(cols), agg, H, lateness, gap, max_fill, max_jump)
     w = Windower(spec, fields or len(cols), capacity=8)
     return w
 
 
 def feed(w, slots, ts, values, partition=None, partitioned=False):
+    values = np.asarray(values, float)
+    if values.ndim == 1:
+        values = values[:, None]
+    closed, late, _future, wm = feed_all(w, slots, ts, values, partition, partitioned)
+    return closed, late, wm
+
+
+def feed_all(w, slots, ts, values, partition=None, partitioned=False):
+    """(closed, too late, held back as far-future, watermark)."""
     values = np.asarray(values, float)
     if values.ndim == 1:
         values = values[:, None]
@@ -146,3 +155,87 @@ def test_invalid_spec():
     with pytest.raises(ConfigError, match="windowing.interval"):
         build_spec(["v"], "mean", interval=0)
     assert NO_WID < 0
+
+
+def test_partition_without_stream_time_closes_nothing_whatever_the_lateness():
+    """A restored key whose partition has no stream time yet must keep its open windows (the
+    int64-minimum sentinel used to wrap around when the lateness was subtracted)."""
+    src = windower(lateness=5 * M)
+    feed(src, [0], [10 * M], [1.0], partition=[0], partitioned=True)
+    state = src.snapshot(np.array([0]))
+    w = windower(lateness=5 * M)
+    w.restore(np.array([0]), state, partitioned_time=True, time_from=np.array([False]))
+    assert w.stream_time == {}
+    closed, late, _ = feed(w, [1], [20 * M], [2.0], partition=[1], partitioned=True)  # another partition moves
+    assert len(closed) == 0 and not late.any()
+    assert len(w.cell_slot) == 2  # key 0's window is still open
+
+
+def test_one_far_future_record_does_not_poison_its_partition():
+    w = windower(lateness=5 * M)
+    feed(w, [0, 1], [10 * M, 11 * M], [1.0, 2.0])
+    year_2150 = 5_680_281_600 * 10**9
+    closed, late, future, _ = feed_all(w, [0], [year_2150], [3.0])
+    assert future.tolist() == [True] and not late.any() and len(closed) == 0
+    assert w.stream_time[0] == 11 * M
+    closed, late, future, _ = feed_all(w, [0, 1], [H + 20 * M, H + 21 * M], [4.0, 5.0])
+    assert not late.any() and not future.any()
+    assert sorted(closed.slot.tolist()) == [0, 1] and closed.wid.tolist() == [0, 0]
+
+
+def test_a_jump_confirmed_by_a_second_key_moves_stream_time():
+    w = windower()
+    feed(w, [0, 1], [10 * M, 11 * M], [1.0, 2.0])
+    week = 8 * 24 * H
+    _, _, future, _ = feed_all(w, [0], [week], [3.0])
+    assert future.tolist() == [True]
+    closed, late, future, _ = feed_all(w, [1, 0], [week + M, week + 2 * M], [4.0, 5.0])
+    assert not future.any() and not late.any()
+    assert w.stream_time[0] == week + 2 * M
+    assert sorted(closed.slot.tolist()) == [0, 1]  # the old windows closed
+
+
+def test_single_key_stream_confirms_a_jump_with_its_second_record():
+    w = windower()
+    feed(w, [0], [10 * M], [1.0])
+    week = 8 * 24 * H
+    _, _, future, _ = feed_all(w, [0, 0], [week, week + H], [3.0, 4.0])
+    assert future.tolist() == [True, False]
+    assert w.stream_time[0] == week + H
+
+
+def test_the_jump_guard_is_the_same_however_the_stream_is_cut():
+    rng = np.random.default_rng(3)
+    n = 400
+    slots = rng.integers(0, 6, n)
+    ts = np.sort(rng.integers(0, 300 * H, n))
+    ts[rng.choice(n, 5, replace=False)] += 10_000 * H  # outliers
+    ts[300:] += 20 * 24 * H  # a real jump of the whole stream
+    values = rng.normal(size=n)
+
+    def run(cuts):
+        w = windower(lateness=10 * M, max_fill=2)
+        outs = []
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            outs.append(feed_all(w, slots[a:b], ts[a:b], values[a:b]))
+        outs.append((w.flush(), None, None, None))
+        closed = sorted((int(s), int(wd), float(f)) for c in outs for s, wd, f in
+                        zip(c[0].slot, c[0].wid, c[0].features[:, 0]))
+        late = np.concatenate([c[1] for c in outs[:-1]])
+        fut = np.concatenate([c[2] for c in outs[:-1]])
+        return closed, late.tolist(), fut.tolist()
+
+    whole = run([0, n])
+    assert whole == run([0, 7, 150, 299, 301, 350, n]) == run(list(range(0, n, 13)) + [n])
+    assert 1 <= sum(whole[2]) <= 5
+
+
+def test_clock_round_trips_through_restore_clock():
+    w = windower()
+    feed(w, [0, 1], [10 * M, 11 * M], [1.0, 2.0])
+    feed_all(w, [0], [8 * 24 * H], [3.0])
+    clock = w.clock(0)
+    assert clock["st"] == 11 * M and clock["jump"][1] == 1
+    w2 = windower()
+    w2.restore_clock(0, clock)
+    assert w2.clock(0) == clock and w2.clock(1) is None

@@ -112,15 +112,17 @@ def test_live_equals_replay_and_any_client_can_read_the_topic(kafka_broker, tmp_
     assert seen == sum(len(v) for v in live.values())
 
 
-def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path):
+@pytest.mark.parametrize("lateness", ["0s", "5min"])
+def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path, lateness):
     t = topics(kafka_broker, "crash")
     df = synthetic(100, 500)
     assert df.height >= 50_000
     feed_frame(kafka_broker, t["obs"], df, "key", "ts", ["value"])
     port = free_port()
+    windowing = {**WINDOWING, "allowed_lateness": lateness}
     cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
                               dlq=t["dlq"], changelog=t["changelog"], group="g-crash", value_fields=["value"],
-                              windowing=WINDOWING, forecast=FORECAST, http_port=port)
+                              windowing=windowing, forecast=FORECAST, http_port=port)
     log = tmp_path / "w.log"
     for threshold in (6_000, 9_000, 12_000):
         proc = start_worker(cfg, log, idle_s=None)
@@ -131,20 +133,23 @@ def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path):
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
 
     live = forecast_table(read_forecasts(kafka_broker, t["forecasts"]))
-    replay = replay_of(tmp_path, df, "key", "ts", ["value"], WINDOWING, FORECAST)
+    replay = replay_of(tmp_path, df, "key", "ts", ["value"], windowing, FORECAST)
     assert_live_matches_replay(live, replay, 100, 4)
     assert any(len(c) > 1 for c in live.values()), "the kills should have caused redelivery"
+    assert read_raw(kafka_broker, t["dlq"], idle_s=1.0) == [], "no valid record may be dead-lettered"
 
 
-def test_exactly_once_mode_survives_sigkill(kafka_broker, tmp_path):
+@pytest.mark.parametrize("lateness", ["0s", "5min"])
+def test_exactly_once_mode_survives_sigkill(kafka_broker, tmp_path, lateness):
     """Transactions: Tansu leaves aborted records visible (KAFKA.md), so copies may exist; they must be identical."""
     t = topics(kafka_broker, "eos")
     df = synthetic(40, 300, seed=1)
     feed_frame(kafka_broker, t["obs"], df, "key", "ts", ["value"])
     port = free_port()
+    windowing = {**WINDOWING, "allowed_lateness": lateness}
     cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
                               dlq=t["dlq"], changelog=t["changelog"], group="g-eos", value_fields=["value"],
-                              windowing=WINDOWING, forecast=FORECAST, http_port=port, exactly_once=True)
+                              windowing=windowing, forecast=FORECAST, http_port=port, exactly_once=True)
     log = tmp_path / "w.log"
     proc = start_worker(cfg, log, idle_s=None)
     assert wait_for(lambda: (metric(port, "streamseq_records_in") or 0) >= 5_000, 120), log.read_text()[-3000:]
@@ -152,8 +157,9 @@ def test_exactly_once_mode_survives_sigkill(kafka_broker, tmp_path):
     proc = start_worker(cfg, log)
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     live = forecast_table(read_forecasts(kafka_broker, t["forecasts"]))
-    replay = replay_of(tmp_path, df, "key", "ts", ["value"], WINDOWING, FORECAST)
+    replay = replay_of(tmp_path, df, "key", "ts", ["value"], windowing, FORECAST)
     assert_live_matches_replay(live, replay, 40, 4)
+    assert read_raw(kafka_broker, t["dlq"], idle_s=1.0) == [], "no valid record may be dead-lettered"
 
 
 def test_rebalance_moves_keys_with_their_state(kafka_broker, tmp_path):

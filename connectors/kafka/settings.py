@@ -63,6 +63,8 @@ class KafkaSettings:
     transaction_timeout_ms: int = 60_000
     isolation_level: str | None = None  # None: read_committed with exactly_once, else read_uncommitted
     request_timeout_ms: int = 30_000
+    bootstrap_timeout_ms: int = 15_000  # how long a client tries to reach the cluster at start before giving up
+    max_request_size: int = 1_048_576  # largest record the producer sends; keep <= the broker's message.max.bytes
 
     # --- construction -------------------------------------------------------------
 
@@ -99,7 +101,7 @@ class KafkaSettings:
              "sasl_mechanism", f"one of {_SASL_MECHANISMS} or null")
         for key in ("session_timeout_ms", "heartbeat_interval_ms", "max_poll_interval_ms", "max_poll_records",
                     "fetch_max_bytes", "max_partition_fetch_bytes", "batch_size", "transaction_timeout_ms",
-                    "request_timeout_ms"):
+                    "request_timeout_ms", "max_request_size", "bootstrap_timeout_ms"):
             value = getattr(self, key)
             need(isinstance(value, int) and not isinstance(value, bool) and value > 0, key, "a positive integer")
         need(isinstance(self.linger_ms, int) and not isinstance(self.linger_ms, bool) and self.linger_ms >= 0,
@@ -132,6 +134,7 @@ class KafkaSettings:
             "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
             "security_protocol": self.security_protocol,
             "request_timeout_ms": self.request_timeout_ms,
+            "bootstrap_timeout_ms": self.bootstrap_timeout_ms,
         }
         if self.client_id is not None:
             kw["client_id"] = self.client_id
@@ -176,6 +179,7 @@ class KafkaSettings:
             linger_ms=self.linger_ms,
             batch_size=self.batch_size,
             enable_idempotence=self.idempotent,
+            max_request_size=self.max_request_size,
         )
         if self.exactly_once:
             if not self.transactional_id:

@@ -19,6 +19,7 @@ transactional id: stop the worker without committing anything else.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import threading
 
@@ -31,7 +32,7 @@ from kafka.structs import OffsetAndMetadata
 from streamseq.errors import StreamseqError
 from streamseq.forecast_json import encode_forecasts
 from streamseq.io import DeadLetterSink, ForecastSink
-from streamseq.records import DeadLetter, ForecastBatch
+from streamseq.records import MAX_KEY_BYTES, DeadLetter, ForecastBatch
 
 from .settings import KafkaSettings, warn_if_pure_python_crc
 
@@ -42,15 +43,24 @@ _FENCING_ERRORS = (kerr.ProducerFencedError, kerr.InvalidProducerEpochError,
 
 
 class KafkaConnectorError(StreamseqError):
-    """Root of the Kafka connectors' errors."""
+    """Root of the Kafka connectors' errors. ``retriable``: the same call may succeed later
+    (the broker is unreachable or busy); otherwise nothing is gained by trying it again."""
+
+    retriable = False
+
+    def __init__(self, message: str, *, retriable: bool = False):
+        super().__init__(message)
+        self.retriable = retriable
 
 
 class DeliveryError(KafkaConnectorError):
-    """Records could not be delivered; with exactly_once, abort() and replay from the last commit."""
+    """Records could not be delivered. Retriable: still queued, not yet acknowledged (flush again);
+    otherwise records were lost: abort and replay from the last commit."""
 
 
 class CommitError(KafkaConnectorError):
-    """Offsets could not be committed (typically: the group rebalanced and these partitions moved)."""
+    """Offsets could not be committed. Retriable: the broker or coordinator is unreachable;
+    otherwise the group rebalanced and these partitions moved."""
 
 
 class ProducerFencedError(KafkaConnectorError):
@@ -70,6 +80,7 @@ class KafkaProducerHandle:
         self._fenced: BaseException | None = None
         self._closed = False
         self._key_partitions: dict[str, tuple[list[int], dict[bytes, int]]] = {}
+        self.too_large = 0  # records refused by the producer as larger than max_request_size
         warn_if_pure_python_crc()
         self._producer = KafkaProducer(**settings.producer_kwargs())
         if self.transactional:
@@ -107,12 +118,15 @@ class KafkaProducerHandle:
         partition_of = self._partitions_of(topic)
         send, on_error = self._producer.send, self._record_error
         n = 0
-        try:
-            for key, value in records:
+        for key, value in records:
+            try:
                 send(topic, value=value, key=key, partition=partition_of(key)).add_errback(on_error, topic)
                 n += 1
-        except kerr.KafkaError as e:
-            self._raise_translated(e)
+            except kerr.MessageSizeTooLargeError as e:  # one oversized record must not stop the stream
+                self.too_large += 1
+                log.error("record for %s with key %r... not sent: %s", topic, key[:64], e)
+            except kerr.KafkaError as e:
+                self._raise_translated(e)
         return n
 
     # Keys whose partition is remembered per topic; past this the cache starts afresh (keys come and go).
@@ -125,7 +139,8 @@ class KafkaProducerHandle:
         except _FENCING_ERRORS as e:
             self._raise_translated(e)
         except kerr.KafkaError as e:
-            raise DeliveryError(f"no metadata for topic {topic!r}: {type(e).__name__}: {e}") from e
+            raise DeliveryError(f"no metadata for topic {topic!r}: {type(e).__name__}: {e}",
+                                retriable=_retriable(e)) from e
         if not partitions:
             raise DeliveryError(f"topic {topic!r} has no partitions in the producer's metadata")
         cached = self._key_partitions.get(topic)
@@ -155,7 +170,8 @@ class KafkaProducerHandle:
         try:
             self._producer.flush(timeout=self.flush_timeout_s if timeout_s is None else timeout_s)
         except kerr.KafkaTimeoutError as e:
-            raise DeliveryError(f"records not acknowledged within {self.flush_timeout_s}s: {e}") from e
+            timeout = self.flush_timeout_s if timeout_s is None else timeout_s
+            raise DeliveryError(f"records not acknowledged within {timeout}s: {e}", retriable=True) from e
         with self._lock:
             errors, self._errors = self._errors, []
         if errors:
@@ -176,11 +192,12 @@ class KafkaProducerHandle:
             self._guard(self._producer.begin_transaction)
             self._in_transaction = True
 
-    def commit(self, offsets: dict[TopicPartition, int], consumer) -> None:
+    def commit(self, offsets: dict, consumer) -> None:
         """Flush, then commit ``offsets`` (next offsets to read) for ``consumer``'s group.
 
-        ``consumer``: a KafkaPartition or a kafka-python KafkaConsumer. With
-        exactly_once the offsets go into the transaction, which is then committed.
+        ``offsets``: {TopicPartition: offset or (offset, metadata string)}. ``consumer``: a
+        KafkaPartition or a kafka-python KafkaConsumer. With exactly_once the offsets go into
+        the transaction, which is then committed.
         """
         self.flush()
         if not self.transactional:
@@ -191,7 +208,7 @@ class KafkaProducerHandle:
         self.begin()
         if offsets:
             metadata = consumer.group_metadata()
-            oam = {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
+            oam = _offsets_and_metadata(offsets)
             try:
                 self._guard(self._producer.send_offsets_to_transaction, oam, metadata)
             except ProducerFencedError:
@@ -207,16 +224,16 @@ class KafkaProducerHandle:
         self._in_transaction = False
 
     @staticmethod
-    def _commit_plain(offsets: dict[TopicPartition, int], consumer) -> None:
+    def _commit_plain(offsets: dict, consumer) -> None:
         if not offsets:
             return
         try:
             if isinstance(consumer, KafkaConsumer):
-                consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+                consumer.commit(_offsets_and_metadata(offsets))
             else:
                 consumer.commit(offsets)
         except kerr.KafkaError as e:
-            raise CommitError(f"offsets not committed: {type(e).__name__}: {e}") from e
+            raise CommitError(f"offsets not committed: {type(e).__name__}: {e}", retriable=_retriable(e)) from e
 
     def abort(self) -> None:
         """Abort the open transaction (exactly_once); the worker then rewinds to its last commit."""
@@ -242,7 +259,10 @@ class KafkaProducerHandle:
                 except kerr.KafkaError as e:
                     log.warning("aborting the open transaction on close failed: %s", e)
         finally:
-            self._producer.close(timeout=0 if self._fenced is not None else timeout_s)
+            try:
+                self._producer.close(timeout=0 if self._fenced is not None else timeout_s)
+            except kerr.KafkaError as e:  # records still queued at close are the last commit's to replay
+                log.warning("producer closed with records unacknowledged: %s", e)
 
     # --- helpers ------------------------------------------------------------------
 
@@ -271,6 +291,20 @@ class KafkaProducerHandle:
             self._fenced = e
             raise ProducerFencedError(f"producer fenced: {e}") from e
         raise e
+
+
+def _offsets_and_metadata(offsets: dict) -> dict:
+    """{tp: offset | (offset, metadata)} -> {tp: OffsetAndMetadata}."""
+    out = {}
+    for tp, off in offsets.items():
+        off, meta = off if isinstance(off, tuple) else (off, "")
+        out[tp] = OffsetAndMetadata(int(off), meta or "", -1)
+    return out
+
+
+def _retriable(e: BaseException) -> bool:
+    """The broker or coordinator is unreachable or busy (not: the group moved on)."""
+    return bool(getattr(e, "retriable", False)) or isinstance(e, (kerr.NoBrokersAvailable, kerr.KafkaConnectionError))
 
 
 class KafkaForecastSink(ForecastSink):
@@ -303,11 +337,11 @@ def dead_letter_json(letter: DeadLetter, max_payload_bytes: int = 262_144) -> by
     payload = letter.payload
     raw = payload.encode("utf-8") if isinstance(payload, str) else payload
     body: dict = {
-        "reason": letter.reason,
+        "reason": letter.reason[:4096],
         "source": letter.source,
         "partition": int(letter.partition),
         "offset": int(letter.offset),
-        "key": letter.key,
+        "key": bounded_key(letter.key),
     }
     if raw is None:
         body.update(payload=None, payload_encoding=None, payload_size=0, payload_truncated=False)
@@ -326,6 +360,23 @@ def dead_letter_json(letter: DeadLetter, max_payload_bytes: int = 262_144) -> by
     return orjson.dumps(body)
 
 
+def bounded_key(key: str | None) -> str | None:
+    """A key as dead letters carry it: keys over MAX_KEY_BYTES are cut and marked with their size
+    and digest, so one oversized key can't make a dead letter larger than the broker accepts.
+
+    >>> len(bounded_key("k" * 5000).encode()) <= MAX_KEY_BYTES
+    True
+    """
+    if key is None:
+        return None
+    raw = key.encode("utf-8", "surrogatepass")
+    if len(raw) <= MAX_KEY_BYTES:
+        return key
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    tail = f"...[{len(raw)} bytes, sha256 {digest}]"
+    return raw[: MAX_KEY_BYTES - len(tail)].decode("utf-8", "ignore") + tail
+
+
 class KafkaDeadLetterSink(DeadLetterSink):
     """Dead letters as JSON (reason + source position + original payload); message key = original key."""
 
@@ -336,7 +387,8 @@ class KafkaDeadLetterSink(DeadLetterSink):
 
     def write(self, letters: list[DeadLetter]) -> None:
         for letter in letters:
-            key = letter.key.encode("utf-8") if letter.key is not None else None
+            key = bounded_key(letter.key)
+            key = key.encode("utf-8", "surrogatepass") if key is not None else None
             self.handle.send(self.topic, dead_letter_json(letter, self.max_payload_bytes), key=key)
 
     def flush(self) -> None:

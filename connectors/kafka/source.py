@@ -41,7 +41,7 @@ from kafka.structs import OffsetAndMetadata
 
 from streamseq.errors import ConfigError
 from streamseq.io import Source, SourcePartition
-from streamseq.records import DeadLetter, ObservationBatch
+from streamseq.records import MAX_ABS_VALUE, MAX_KEY_BYTES, DeadLetter, ObservationBatch, key_fault
 
 from .settings import KafkaSettings, warn_if_pure_python_crc
 
@@ -152,7 +152,10 @@ class KafkaPartition(SourcePartition):
         except KafkaError as e:
             if self._listener_error is not None:  # a rebalance callback failed: surface its own error
                 raise self._listener_error from e
-            raise
+            from .sink import KafkaConnectorError
+
+            raise KafkaConnectorError(f"polling {', '.join(self._topics)} failed: {type(e).__name__}: {e}",
+                                      retriable=bool(getattr(e, "retriable", False))) from e
         if not polled:
             return ObservationBatch.empty(len(self._source.value_fields)), []
         groups = []
@@ -173,17 +176,43 @@ class KafkaPartition(SourcePartition):
 
     # --- offsets ------------------------------------------------------------------
 
-    def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
-        """Commit group offsets (next offset to read); None: ``position_offsets()``.
+    def commit(self, offsets: dict | None = None) -> None:
+        """Commit group offsets: {tp: next offset to read, or (offset, metadata string)}; None:
+        ``position_offsets()``.
 
         Blocking. May be called from inside an on_revoked callback.
         """
         offsets = self.position_offsets() if offsets is None else offsets
         if offsets:
-            self._consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+            out = {}
+            for tp, off in offsets.items():
+                off, meta = off if isinstance(off, tuple) else (off, "")
+                out[tp] = OffsetAndMetadata(int(off), meta or "", -1)
+            self._consumer.commit(out)
 
     def committed(self, tp: TopicPartition) -> int | None:
         return self._consumer.committed(tp)
+
+    def committed_metadata(self, tp: TopicPartition) -> tuple[int | None, str]:
+        """(committed offset or None, the metadata string committed with it)."""
+        oam = self._consumer.committed(tp, metadata=True)
+        if oam is None:
+            return None, ""
+        return oam.offset, oam.metadata or ""
+
+    def rewind_to_committed(self) -> None:
+        """Read every assigned partition again from its committed offset (or the reset policy's
+        start when nothing is committed): the worker replays what it could not checkpoint."""
+        for tp in self.assignment():
+            off = self._consumer.committed(tp)
+            if off is None:
+                if self._source.settings.auto_offset_reset == "latest":
+                    self._consumer.seek_to_end(tp)
+                else:
+                    self._consumer.seek_to_beginning(tp)
+                self._positions.pop(tp, None)
+            else:
+                self.seek(tp, off)
 
     def group_metadata(self):
         """ConsumerGroupMetadata for ``KafkaProducer.send_offsets_to_transaction`` (KIP-447 fencing)."""
@@ -443,7 +472,7 @@ class JsonObservationDecoder:
         float_val: list[float] = []
 
         def dead(r, reason: str, key: str | None = None) -> None:
-            if key is None and r.key is not None:
+            if key is None and r.key is not None and len(r.key) <= MAX_KEY_BYTES:
                 key = r.key.decode("utf-8", "replace")
             letters.append(DeadLetter(reason, r.topic, r.partition, r.offset, r.value, key))
 
@@ -457,6 +486,8 @@ class JsonObservationDecoder:
                 if len(v) > max_bytes:
                     dead(r, f"too_large: {len(v)} bytes > max_record_bytes {max_bytes}")
                     continue
+                if v[:3] == b"\xef\xbb\xbf":  # a UTF-8 byte-order mark some producers write
+                    v = v[3:]
                 try:
                     obj = loads(v)
                 except JSONDecodeError as e:
@@ -486,6 +517,11 @@ class JsonObservationDecoder:
                             dead(r, f"invalid_key: field {key_field!r} is {type(k).__name__}")
                             continue
                         k = str(k)
+                if not k or len(k) * 4 > MAX_KEY_BYTES or k.isspace():
+                    fault = key_fault(k)
+                    if fault is not None:
+                        dead(r, f"{fault[0]}: {fault[1]}", k if fault[0] == "missing_key" else None)
+                        continue
                 t = obj.get(time_field)
                 tt = type(t)
                 if tt is not str and tt is not int and tt is not float:
@@ -542,7 +578,8 @@ class JsonObservationDecoder:
             ts[float_idx], time_ok[float_idx] = parsed, ok
         in_range = time_ok & (ts >= MIN_TS_NS) & (ts < MAX_TS_NS)
         finite = np.isfinite(values).all(axis=1)
-        keep = in_range & finite
+        bounded = (np.abs(values) <= MAX_ABS_VALUE).all(axis=1)
+        keep = in_range & finite & bounded
         key_array = np.empty(n, dtype=object)
         key_array[:] = keys
         batch = ObservationBatch(
@@ -560,9 +597,12 @@ class JsonObservationDecoder:
                 dead(r, f"bad_time: cannot read {self.time_field!r} as a time", keys[i])
             elif not in_range[i]:
                 dead(r, f"time_out_of_range: {self.time_field!r} outside years 1970..2200", keys[i])
-            else:
+            elif not finite[i]:
                 bad = [f for f, x in zip(self.value_fields, values[i]) if not np.isfinite(x)]
                 dead(r, f"non_finite: {', '.join(bad)}", keys[i])
+            else:
+                bad = [f for f, x in zip(self.value_fields, values[i]) if abs(x) > MAX_ABS_VALUE]
+                dead(r, f"value_out_of_range: {', '.join(bad)} beyond ±{MAX_ABS_VALUE:g}", keys[i])
         return batch.take(np.flatnonzero(keep)), letters
 
     # Epoch numbers always read as times; one outside 1970..2200 maps to -1 ns, which the range check rejects.

@@ -4,15 +4,18 @@ Found by the engine through the ``streamseq.transports`` entry point "kafka".
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+
+from kafka import errors as kerr
 
 from streamseq.config import Config
 
 from .admin import TopicSpec, changelog_spec, ensure_topics
 from .changelog import ChangelogStore
 from .settings import KafkaSettings
-from .sink import KafkaDeadLetterSink, KafkaForecastSink, KafkaProducerHandle
+from .sink import KafkaConnectorError, KafkaDeadLetterSink, KafkaForecastSink, KafkaProducerHandle
 from .source import KafkaSource
 
 
@@ -40,6 +43,8 @@ class KafkaTransport:
         self.changelog = None
         self.forecast_sink = None
         self.dead_letter_sink = None
+        # Largest changelog record worth sending: the producer's limit less room for the record's framing.
+        self.max_record_bytes = self.settings.max_request_size - 1024
 
     def topic_specs(self) -> list[TopicSpec]:
         t = self.cfg.topics
@@ -49,10 +54,26 @@ class KafkaTransport:
                   changelog_spec(t.changelog, t.partitions, rf)]
         return specs
 
+    @contextlib.contextmanager
+    def reaching_the_cluster(self):
+        """Client errors while connecting become one KafkaConnectorError that names the servers."""
+        try:
+            yield
+        except kerr.KafkaError as e:
+            raise KafkaConnectorError(
+                f"cannot reach Kafka at {self.settings.bootstrap_servers} "
+                f"(tried for up to {self.settings.bootstrap_timeout_ms / 1000:g}s): {type(e).__name__}: {e}",
+                retriable=True) from e
+
     def ensure_topics(self) -> dict[str, str]:
-        return ensure_topics(self.settings, self.topic_specs())
+        with self.reaching_the_cluster():
+            return ensure_topics(self.settings, self.topic_specs())
 
     def open(self) -> "KafkaTransport":
+        with self.reaching_the_cluster():
+            return self._open()
+
+    def _open(self) -> "KafkaTransport":
         c = self.cfg
         if c.topics.create:
             self.ensure_topics()
@@ -60,7 +81,8 @@ class KafkaTransport:
         source = KafkaSource(self.settings, list(c.topics.observations), key_field=i.key_field or None,
                              time_field=i.time_field, value_fields=list(i.value_fields), time_unit=i.time_unit,
                              max_record_bytes=i.max_record_bytes, poll_timeout_ms=c.worker.poll_timeout_ms)
-        self.producer = KafkaProducerHandle(self.settings)
+        # A flush waits as long as one request may take; an outage beyond it is retried by the worker.
+        self.producer = KafkaProducerHandle(self.settings, flush_timeout_s=max(1.0, self.settings.request_timeout_ms / 1000))
         self.forecast_sink = KafkaForecastSink(self.producer, c.topics.forecasts)
         self.dead_letter_sink = KafkaDeadLetterSink(self.producer, c.topics.dead_letter)
         self.changelog = ChangelogStore(self.producer, self.settings, c.topics.changelog)
@@ -72,7 +94,8 @@ class KafkaTransport:
              time_field: str = "ts", max_records: int | None = None) -> int:
         from .feed import feed
 
-        handle = KafkaProducerHandle(self.settings.replace(exactly_once=False, transactional_id=None))
+        with self.reaching_the_cluster():
+            handle = KafkaProducerHandle(self.settings.replace(exactly_once=False, transactional_id=None))
         try:
             return feed(part, handle, topic, key_field=key_field, time_field=time_field,
                         value_fields=value_fields, max_records=max_records)
@@ -82,4 +105,5 @@ class KafkaTransport:
     def iter_forecasts(self, topic: str, **kw):
         from .forecasts import iter_forecasts
 
-        return iter_forecasts(self.settings, topic, **kw)
+        with self.reaching_the_cluster():
+            yield from iter_forecasts(self.settings, topic, **kw)

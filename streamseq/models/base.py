@@ -16,14 +16,23 @@ class BatchForecaster(ABC):
     name: str = "model"
     version: str = "0"
     horizon: int = 1
+    grid = None  # the pipeline's window grid (streamseq.grid), bound by bind_grid; None when used alone
+
+    def bind_grid(self, grid) -> None:
+        """The window grid of the stream: ``grid.start_of(wid)`` / ``end_of(wid)`` give window times
+        (calendar features of a window and of each target step)."""
+        self.grid = grid
 
     @abstractmethod
     def ensure_capacity(self, capacity: int) -> None:
         """Make room for slots [0, capacity)."""
 
     @abstractmethod
-    def update(self, slots: np.ndarray, x: np.ndarray, filled: np.ndarray) -> None:
-        """Advance keys by one window. x: (n, F) raw window features, column 0 = target."""
+    def update(self, slots: np.ndarray, x: np.ndarray, filled: np.ndarray, wid: int | None = None) -> None:
+        """Advance keys by one window. x: (n, F) raw window features, column 0 = target.
+
+        ``wid``: the id of the window that closed (on ``self.grid``); None when the model is used
+        without a stream (calendar unknown)."""
 
     @abstractmethod
     def forecast(self, slots: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ class NaiveForecaster(BatchForecaster):
     def ensure_capacity(self, capacity):
         self._last = grow(self._last, capacity, np.nan)
 
-    def update(self, slots, x, filled):
+    def update(self, slots, x, filled, wid=None):
         self._last[slots] = x[:, 0]
 
     def forecast(self, slots):
@@ -62,7 +62,7 @@ class SeasonalNaiveForecaster(BatchForecaster):
         self._ring = grow(self._ring, capacity, np.nan)
         self._n = grow(self._n, capacity, 0)
 
-    def update(self, slots, x, filled):
+    def update(self, slots, x, filled, wid=None):
         self._ring[slots, self._n[slots] % self.season] = x[:, 0]
         self._n[slots] += 1
 

@@ -49,7 +49,7 @@ class RiverForecaster(BatchForecaster):
     def _scale(self, slots):
         return np.sqrt(self._var[slots]) + 1e-6 * (np.abs(self._mean[slots]) + 1e-6)
 
-    def update(self, slots, x, filled):
+    def update(self, slots, x, filled, wid=None):
         y = x[:, 0]
         n = self._n[slots]
         # Welford with a floor on the weight: long series keep adapting.

@@ -153,7 +153,7 @@ class StatefulRNNForecaster(BatchForecaster):
         return out
 
     # -- hot path -------------------------------------------------------------
-    def update(self, slots, x, filled):
+    def update(self, slots, x, filled, wid=None):
         c = self.config
         n = self._n[slots]
         real = ~filled

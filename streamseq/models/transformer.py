@@ -210,7 +210,7 @@ class TransformerForecaster(BatchForecaster):
         return x
 
     # -- hot path -------------------------------------------------------------
-    def update(self, slots, x, filled):
+    def update(self, slots, x, filled, wid=None):
         slots = np.ascontiguousarray(slots)
         real = ~filled
         n = self._n[slots]
