@@ -424,7 +424,7 @@ class Scenario:
         self.event(f"SIGKILL #{i + 1} {name}#{inc.n} after {up:.1f} s ({phase}; {ready}; "
                    f"records_in {inc.metrics.get('streamseq_records_in', 0):.0f})")
 
-    def terminate(self, name: str) -> None:
+    def terminate(self, name: str, _again: bool = False) -> None:
         """SIGTERM once the incarnation is ready: one still starting has no signal handler yet."""
         slot = self.slots[name]
         if not self.wait_ready(name):
@@ -435,6 +435,12 @@ class Scenario:
         self.res.sigterms.append((f"{name}#{inc.n}", inc.code))
         self.event(f"SIGTERM {name}#{inc.n}: exit code {inc.code} after {inc.ended - inc.started:.1f} s"
                    + ("" if inc.code == 0 else f" ({inc.last_log})"))
+        if inc.code != 0 and self.eos and not _again:
+            # It may have left a transaction open. Kafka aborts it after transaction.timeout.ms; Tansu
+            # never does, and its open transaction would hide everything after it from read_committed
+            # readers for good. The same transactional id starting again aborts it, as on Kafka.
+            self.spawn(name, "to abort the transaction the unclean stop left open")
+            self.terminate(name, _again=True)
 
     # -- feeding -----------------------------------------------------------------------------------
     def segment_bounds(self, n_segments: int) -> list[tuple[str | None, str | None]]:
