@@ -3,8 +3,12 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
+# The core engine mypy checks (records, grid, ports, windowing, pipeline, checkpoint and their utilities).
+CORE := streamseq/records.py streamseq/grid.py streamseq/ports.py streamseq/memory.py streamseq/windowing.py \
+        streamseq/pipeline.py streamseq/checkpoint.py streamseq/calibration.py streamseq/keyspace.py \
+        streamseq/errors.py streamseq/timeutil.py streamseq/clock.py
 
-.PHONY: setup backtest test bench clean
+.PHONY: setup backtest test test-fast test-broker lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,8 +31,19 @@ setup: .stamp-setup
 backtest: setup
 	$(BIN)/streamseq backtest-all replay_data --out out
 
-test: setup .stamp-apt
-	$(BIN)/python -m pytest -q
+# The whole suite, in the order that fails fastest: lint, the tests without a broker, then the broker tests.
+test: lint test-fast test-broker
+
+# No broker, no Docker tooling: under two minutes.
+test-fast: setup .stamp-apt
+	$(BIN)/python -m pytest -q -m "not kafka"
+
+test-broker: setup .stamp-apt
+	$(BIN)/python -m pytest -q -m "kafka"
+
+lint: setup
+	$(BIN)/ruff check streamseq connectors tests bench
+	$(BIN)/mypy $(CORE)
 
 bench: setup
 	$(BIN)/python bench/bench_models.py

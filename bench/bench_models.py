@@ -51,11 +51,12 @@ import numpy as np
 import torch
 
 from streamseq import config as ss_config
-from streamseq.factory import build_pipeline, set_threads
+from streamseq.compose import build_pipeline
 from streamseq.models import RNNConfig, StatefulRNNForecaster
 from streamseq.models.river_baselines import SNARIMAXForecaster
 from streamseq.records import ObservationBatch
 from streamseq.synthetic import generate
+from streamseq.threads import set_threads
 
 H = 24
 HIDDEN = 64
@@ -523,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else RESULTS / ("models-quick.json" if args.quick else "models.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
         "machine": info,
         "sizes": dataclasses.asdict(sz),

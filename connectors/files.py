@@ -13,7 +13,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streamseq.io import DeadLetterSink, ForecastSink
+from streamseq.ports import DeadLetterSink, ForecastSink
 from streamseq.records import DeadLetter, ForecastBatch, WindowBatch
 
 _TS = pa.timestamp("ns", tz="UTC")
@@ -90,7 +90,7 @@ class ParquetForecastSink(ForecastSink):
             "model_version": np.full(n * H, b.model_version, dtype=object),
             "origin": np.full(n * H, b.origin, dtype=np.int64),
             "step": steps,
-            "target_ts": b.origin + steps.astype(np.int64) * b.interval,
+            "target_ts": np.asarray(b.targets, np.int64)[steps.astype(np.int64) - 1],
             "mean": b.mean.reshape(-1),
             "lo": b.lo.reshape(-1),
             "hi": b.hi.reshape(-1),

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import orjson
@@ -34,7 +34,7 @@ import polars as pl
 
 from streamseq.clock import SystemClock
 from streamseq.errors import ConfigError, InputError
-from streamseq.io import Source, SourcePartition
+from streamseq.ports import Source, SourcePartition
 from streamseq.records import MAX_ABS_VALUE, DeadLetter, ObservationBatch, key_fault
 
 _FORMATS = (
@@ -137,8 +137,8 @@ def _parse_bound(text: str | None, name: str) -> int | None:
     except ValueError:
         raise ConfigError(name, f"an ISO time such as '2024-01-31' or '2024-01-31T12:00:00Z', got {text!r}") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
+    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
@@ -258,15 +258,15 @@ class _Rows:
     def __len__(self) -> int:
         return len(self.ts)
 
-    def slice(self, lo: int, hi: int | None = None) -> "_Rows":
+    def slice(self, lo: int, hi: int | None = None) -> _Rows:
         s = slice(lo, hi)
         return _Rows(self.keys[s], self.ts[s], self.values[s], self.offset[s], self.pm[s], self.kind[s])
 
-    def take(self, idx: np.ndarray) -> "_Rows":
+    def take(self, idx: np.ndarray) -> _Rows:
         return _Rows(self.keys[idx], self.ts[idx], self.values[idx], self.offset[idx], self.pm[idx], self.kind[idx])
 
     @staticmethod
-    def concat(parts: list["_Rows"]) -> "_Rows":
+    def concat(parts: list[_Rows]) -> _Rows:
         if len(parts) == 1:
             return parts[0]
         fields = ("keys", "ts", "values", "offset", "pm", "kind")
@@ -276,7 +276,7 @@ class _Rows:
 class _Decoder:
     """Vectorised decode and validation of one file's chunks into merge rows and dead letters."""
 
-    def __init__(self, source: "ReplaySource", path: str, index: int, fmt: str, schema, keys: _KeyTable):
+    def __init__(self, source: ReplaySource, path: str, index: int, fmt: str, schema, keys: _KeyTable):
         self._path, self._index, self._keys = path, index, keys
         cols = [source.key_col, source.time_col, *source.value_cols]
         self._names = cols
@@ -470,7 +470,7 @@ class ReplayPartition(SourcePartition):
 
     partitioned_time = False  # one watermark for the whole merged stream
 
-    def __init__(self, source: "ReplaySource", resume_state: dict | None):
+    def __init__(self, source: ReplaySource, resume_state: dict | None):
         self._source = source
         self._files = list(source.files)
         self._n_values = len(source.value_cols)
@@ -619,13 +619,8 @@ class ReplayPartition(SourcePartition):
                 return None
         return self._total_rows
 
-    @property
-    def rows_done(self) -> int:
-        """Rows consumed so far in all files (returned, dead-lettered or outside start/end)."""
-        return sum(c.emitted_rows for c in self._cursors)
-
-    def describe(self, partition: int) -> str:
-        return self._files[partition]
+    def origin(self, pid: int) -> tuple[str, int]:
+        return self._files[pid], pid
 
     def close(self) -> None:
         for c in self._cursors:

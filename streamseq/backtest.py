@@ -9,11 +9,9 @@ from pathlib import Path
 
 import polars as pl
 
-from . import plugins
-from .clock import SystemClock
+from . import plugins, specs
+from .compose import build_pipeline, open_source
 from .config import Config
-from .errors import InputError
-from .factory import build_pipeline
 
 
 @dataclass
@@ -22,20 +20,6 @@ class BacktestResult:
     metrics: pl.DataFrame
     table: str
     summary: dict
-
-
-def make_source(cfg: Config, clock=None):
-    s = cfg.source
-    if not s.files:
-        raise InputError("no input files: give FILE... or [source] files in the config")
-    ReplaySource = plugins.load("sources", "replay")
-    src = ReplaySource(
-        [cfg.resolve(f) for f in s.files], s.key_col, s.time_col, list(s.value_cols),
-        time_format=s.time_format or None, time_unit=s.time_unit, speed=s.speed or None,
-        start=s.start or None, end=s.end or None, chunk_rows=s.chunk_rows, clock=clock or SystemClock(),
-    )
-    src.validate()  # missing file / column: one-line error before any work
-    return src
 
 
 def scoring_rows(forecasts: pl.DataFrame, actuals: pl.DataFrame, warmup: int) -> pl.DataFrame:
@@ -60,7 +44,7 @@ def run_backtest(cfg: Config, out_dir: str | os.PathLike, *, progress: bool | No
 
     stream = stream or sys.stderr
     out = Path(out_dir)
-    src = make_source(cfg)
+    src = open_source(cfg)
     out.mkdir(parents=True, exist_ok=True)
     part = src.build_part(src.list_parts()[0], None)
     pipe = build_pipeline(cfg)
@@ -76,7 +60,7 @@ def run_backtest(cfg: Config, out_dir: str | os.PathLike, *, progress: bool | No
     retrainer = None
     if cfg.trainer.every_windows > 0 or cfg.trainer.every:
         # The trainer's schedule runs in event time: the backtest shows what retraining would have done live.
-        from .retrain import attach_retraining
+        from .hotswap import attach_retraining
 
         retrainer = attach_retraining(pipe, cfg)
     bar = Progress(getattr(part, "total_rows", None), stream=stream, enabled=progress)
@@ -95,7 +79,7 @@ def run_backtest(cfg: Config, out_dir: str | os.PathLike, *, progress: bool | No
     forecasts = pl.read_parquet(out / "forecasts.parquet")
     windows = pl.read_parquet(out / "windows.parquet") if (out / "windows.parquet").exists() else pl.DataFrame(
         schema={"key": pl.String, "end": pl.Datetime("ns", "UTC"), "value": pl.Float64, "filled": pl.Boolean})
-    season = cfg.forecast.season
+    season = specs.season(cfg)
     warmup = cfg.forecast.warmup if cfg.forecast.warmup >= 0 else 2 * season
     metrics = score(scoring_rows(forecasts, windows, warmup), windows, season)
     write_metrics_csv(metrics, out / "metrics.csv")

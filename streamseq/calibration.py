@@ -18,11 +18,12 @@ from __future__ import annotations
 import numpy as np
 
 from .keyspace import grow
+from .models.base import KeyedState
 
 NO_ORIGIN = np.iinfo(np.int64).min
 
 
-class ConformalCalibrator:
+class ConformalCalibrator(KeyedState):
     def __init__(self, horizon: int, level: float = 0.9, gamma: float = 0.05, err_alpha: float = 0.05):
         self.horizon = horizon
         self.level = level
@@ -74,7 +75,8 @@ class ConformalCalibrator:
         self._fc[slots, row] = mean.astype(np.float32)
         self._origin[slots, row] = wid
 
-    def interval(self, slots: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def bounds(self, slots: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) of the prediction interval around ``mean``."""
         q = self._q[slots]
         return mean - q, mean + q
 

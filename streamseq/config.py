@@ -43,16 +43,26 @@ class SourceConfig:
 
 @dataclass
 class WindowingConfig:
-    interval: str = "1h"
+    interval: str = "1h"  # a duration (30min, 1h, 1d) or a calendar interval: 1w (from Monday), 1mo, 1q, 1y
     agg: Any = "mean"  # mean|last|first|min|max|sum|count|ohlcv, or {column = agg}
     allowed_lateness: str = "0s"
     gap: str = "ffill"  # ffill | skip
     max_gap_fill: int = 48  # longer gaps are not filled
     max_time_jump: str = "auto"  # how far one record may move stream time ahead unconfirmed (auto: 100 windows, >= 7d; "off")
 
+    timezone: str = "UTC"  # IANA zone of calendar windows (days, weeks, months...): local midnights
+
+    @property
+    def grid(self):
+        """Which window an event time falls in (streamseq.grid)."""
+        from .grid import parse_interval
+
+        return parse_interval(self.interval, self.timezone)
+
     @property
     def interval_ns(self) -> int:
-        return parse_duration(self.interval, "windowing.interval")
+        """The window length in ns (a calendar interval's average length)."""
+        return self.grid.nominal
 
     @property
     def time_jump_ns(self) -> int:
@@ -71,7 +81,7 @@ class WindowingConfig:
 @dataclass
 class ForecastConfig:
     horizon: int = 24
-    season: int = 24  # seasonal period in windows (seasonal naive, Holt-Winters, MASE scale)
+    season: int = 0  # seasonal period in windows (seasonal naive, Holt-Winters, MASE scale); 0 = the interval's usual one
     models: list[str] = field(default_factory=lambda: ["gru", "lstm", "snarimax", "holt_winters", "naive", "seasonal_naive"])
     interval_level: float = 0.9
     ensemble: bool = True
@@ -321,16 +331,15 @@ def _env_scalar(value: str):
 
 def validate(cfg: Config) -> None:
     w, f = cfg.windowing, cfg.forecast
-    if w.interval_ns <= 0:
-        raise ConfigError("windowing.interval", "a positive duration")
+    w.grid  # parses or raises (interval and time zone)
     w.lateness_ns  # parses or raises
     w.time_jump_ns
     if w.gap not in ("ffill", "skip"):
         raise ConfigError("windowing.gap", f"'ffill' or 'skip', got {w.gap!r}")
     if f.horizon < 1 or f.horizon > 10_000:
         raise ConfigError("forecast.horizon", f"an integer in 1..10000, got {f.horizon}")
-    if f.season < 1:
-        raise ConfigError("forecast.season", f"a positive integer, got {f.season}")
+    if f.season < 0:
+        raise ConfigError("forecast.season", f"a positive integer, or 0 for the interval's usual season, got {f.season}")
     if not f.models:
         raise ConfigError("forecast.models", "at least one model")
     for m in f.models:
@@ -366,7 +375,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("source.value_cols", "at least one value column")
     from .windowing import build_spec
 
-    build_spec(cfg.source.value_cols, w.agg, w.interval_ns, w.lateness_ns, w.gap, w.max_gap_fill, w.time_jump_ns)
+    build_spec(cfg.source.value_cols, w.agg, w.grid, w.lateness_ns, w.gap, w.max_gap_fill, w.time_jump_ns)
 
 
 def load(path: str | os.PathLike, env: dict | None = None) -> Config:

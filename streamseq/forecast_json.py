@@ -14,8 +14,9 @@ are byte-identical and share their ``id``.
 
 >>> import numpy as np
 >>> from streamseq.records import ForecastBatch
->>> b = ForecastBatch("naive", "1", 3600 * 10**9, 3600 * 10**9, np.array(["s1"], dtype=object),
-...                   np.array([[1.0, 2.0]]), np.array([[0.5, 1.0]]), np.array([[1.5, 3.0]]))
+>>> b = ForecastBatch("naive", "1", 3600 * 10**9, "1h", np.array([7200, 10800]) * 10**9,
+...                   np.array(["s1"], dtype=object), np.array([[1.0, 2.0]]), np.array([[0.5, 1.0]]),
+...                   np.array([[1.5, 3.0]]))
 >>> [(k, f.id, f.steps[1].target_ts // 10**9) for k, v in encode_forecasts(b) for f in [decode_forecast(v)]]
 [(b's1', 's1|1970-01-01T01:00:00Z|naive|1', 10800)]
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,7 +34,7 @@ import polars as pl
 
 from .errors import StreamseqError
 from .records import FORECAST_SCHEMA, NS_PER_S, ForecastBatch
-from .timeutil import format_duration, iso, parse_duration
+from .timeutil import iso, parse_duration
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "forecast.v1.json"
 
@@ -57,7 +58,7 @@ class Forecast:
     id: str
     key: str
     origin: int
-    interval_ns: int
+    interval: str  # "1h", "1mo", ...: the window grid; each step carries its own target_ts
     model: str
     model_version: str
     steps: tuple[ForecastStep, ...]
@@ -66,6 +67,14 @@ class Forecast:
     @property
     def horizon(self) -> int:
         return len(self.steps)
+
+    @property
+    def interval_ns(self) -> int | None:
+        """The window length in ns, or None for calendar windows (months, quarters, years)."""
+        try:
+            return parse_duration(self.interval, "interval")
+        except StreamseqError:
+            return None
 
 
 def load_schema() -> dict:
@@ -118,10 +127,10 @@ def _template(batch: ForecastBatch, horizon: int) -> bytes:
 
     steps = ",".join(
         '{"step":%d,"target_ts":%s,"mean":%%s,"lo":%%s,"hi":%%s}'
-        % (j, lit(iso(batch.origin + j * batch.interval))) for j in range(1, horizon + 1)
+        % (j, lit(iso(int(batch.targets[j - 1])))) for j in range(1, horizon + 1)
     )
     text = ('{"schema":' + lit(FORECAST_SCHEMA) + ',"id":%s,"key":%s,"origin":' + lit(iso(batch.origin))
-            + ',"interval":' + lit(format_duration(batch.interval)) + ',"model":' + lit(str(batch.model))
+            + ',"interval":' + lit(str(batch.interval)) + ',"model":' + lit(str(batch.model))
             + ',"model_version":' + lit(str(batch.model_version)) + ',"horizon":' + str(horizon)
             + ',"steps":[' + steps + '],"produced_at":' + lit(iso(batch.produced_at)) + "}")
     return text.encode("utf-8")
@@ -145,7 +154,7 @@ def parse_rfc3339_ns(text: str) -> int:
         raise ForecastDecodeError(f"not an RFC 3339 date-time: {text!r}")
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
     try:
-        seconds = int(datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc).timestamp())
+        seconds = int(datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp())
     except ValueError as e:
         raise ForecastDecodeError(f"not an RFC 3339 date-time: {text!r} ({e})") from None
     frac = int((m.group(7) or "").ljust(9, "0"))
@@ -163,6 +172,15 @@ def _number_or_none(x, where: str) -> float | None:
     if type(x) not in (int, float):
         raise ForecastDecodeError(f"{where}: expected a number or null, got {x!r}")
     return float(x)
+
+
+_INTERVAL = re.compile(r"^[0-9]+(ns|us|ms|s|min|h|d|w|mo|q|y)$")
+
+
+def _interval(text) -> str:
+    if not isinstance(text, str) or not _INTERVAL.match(text):
+        raise ForecastDecodeError(f"interval: expected e.g. '1h', '15min' or '1mo', got {text!r}")
+    return text
 
 
 def decode_forecast(value: bytes) -> Forecast:
@@ -191,7 +209,7 @@ def decode_forecast(value: bytes) -> Forecast:
             id=str(d["id"]),
             key=str(d["key"]),
             origin=origin,
-            interval_ns=parse_duration(d["interval"], "interval"),
+            interval=_interval(d["interval"]),
             model=str(d["model"]),
             model_version=str(d["model_version"]),
             steps=steps,

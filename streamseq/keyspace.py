@@ -50,10 +50,6 @@ class KeyIndex:
             out[i] = s
         return out[inverse]
 
-    def slot(self, key: str) -> int:
-        s = self._slot.get(key)
-        return self._new_slot(key) if s is None else s
-
     def get(self, key: str) -> int | None:
         return self._slot.get(key)
 
@@ -113,9 +109,9 @@ def grow(arr, capacity: int, fill=0):
         import torch
 
         if isinstance(arr, torch.Tensor):
-            out = torch.full((capacity, *arr.shape[1:]), fill, dtype=arr.dtype)
-            out[:n] = arr
-            return out
+            grown = torch.full((capacity, *arr.shape[1:]), fill, dtype=arr.dtype)
+            grown[:n] = arr
+            return grown
     except ImportError:  # pragma: no cover
         pass
     out = np.full((capacity, *arr.shape[1:]), fill, dtype=arr.dtype)

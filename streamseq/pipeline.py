@@ -18,13 +18,12 @@ import numpy as np
 
 from .calibration import ConformalCalibrator
 from .clock import SystemClock
-from .grid import FixedGrid
-from .io import DeadLetterSink, ForecastSink, SourcePartition
 from .keyspace import KeyIndex, grow
 from .models.base import BatchForecaster
+from .ports import DeadLetterSink, ForecastSink, SourcePartition
 from .records import DeadLetter, ForecastBatch, ObservationBatch, WindowBatch
 from .timeutil import format_duration, iso
-from .windowing import NO_WID, ClosedWindows, WindowSpec, Windower
+from .windowing import NO_WID, ClosedWindows, Windower, WindowSpec
 
 ENSEMBLE = "ensemble"
 log = logging.getLogger("streamseq.pipeline")
@@ -57,7 +56,7 @@ class Pipeline:
         capacity: int = 1024,
     ):
         self.spec = spec
-        self.grid = FixedGrid(spec.interval)
+        self.grid = spec.grid
         self.n_fields = n_fields
         self.horizon = horizon
         self.models = {m.name: m for m in models}
@@ -120,9 +119,15 @@ class Pipeline:
         n = len(batch)
         if n == 0:
             return 0
-        partitioned = bool(getattr(part, "partitioned_time", False))
+        partitioned = part is not None and part.partitioned_time
         self.stats.records_in += n
         slots = self.keys.slots(batch.keys)
+        if partitioned:
+            wrong = self._wrong_partition(slots, batch)
+            if wrong.any():
+                self._wrong_partition_letters(batch, slots, wrong, part)
+                keep = np.flatnonzero(~wrong)
+                batch, slots, n = batch.take(keep), slots[keep], len(keep)
         apply = np.ones(n, bool)
         if partitioned:
             # Idempotent apply: records already reflected in a restored state are not applied
@@ -144,6 +149,35 @@ class Pipeline:
         if future.any():
             self._future(batch, future, part)
         return self._advance(closed)
+
+    def _wrong_partition(self, slots, batch) -> np.ndarray:
+        """Records of a key that arrive on another partition than the key's: its state, offsets and
+        stream time belong to one partition (the changelog is co-partitioned), so such a record
+        would be silently mistaken for one already applied, or fork the key's state."""
+        w = self.windower
+        known = w.max_ts[slots] != NO_WID
+        home = w.key_part[slots].astype(np.int64)
+        if not known.all():  # a new key's home is the partition of its first record in this batch
+            uniq, first = np.unique(slots, return_index=True)
+            first_part = np.empty(int(uniq.max()) + 1, np.int64)
+            first_part[uniq] = batch.partition[first]
+            home = np.where(known, home, first_part[slots])
+        return batch.partition.astype(np.int64) != home
+
+    def _wrong_partition_letters(self, batch, slots, wrong, part) -> None:
+        letters = []
+        for i in np.flatnonzero(wrong).tolist():
+            home = _source(part, int(self.windower.key_part[slots[i]]))
+            src, p = _source(part, int(batch.partition[i]))
+            letters.append(DeadLetter(
+                reason=f"wrong_partition: records of key {str(batch.keys[i])[:64]!r} come from {home[0]}[{home[1]}], "
+                       f"this one from {src}[{p}] (produce observations keyed by series key)",
+                source=src, partition=p, offset=int(batch.offset[i]),
+                payload=json.dumps({"key": batch.keys[i], "ts": iso(int(batch.ts[i])),
+                                    "values": batch.values[i].tolist()}),
+                key=str(batch.keys[i]),
+            ))
+        self._dead(letters)
 
     def finish(self) -> int:
         """End of a finite stream: close every open window and advance."""
@@ -180,10 +214,9 @@ class Pipeline:
     def _late(self, batch, late, wm, part) -> None:
         idx = np.flatnonzero(late)
         self.stats.late_records += len(idx)
-        I = self.spec.interval
+        ends = self.grid.end_of(self.grid.wid_of(batch.ts[idx]))
         letters = []
-        for i in idx.tolist():
-            end = (int(batch.ts[i]) // I + 1) * I
+        for i, end in zip(idx.tolist(), ends.tolist()):
             p = int(batch.partition[i])
             letters.append(DeadLetter(
                 reason=f"too late: window ending {iso(end)} already closed (watermark {iso(int(wm[i]))})",
@@ -237,8 +270,8 @@ class Pipeline:
         keys = self.keys.keys_of(slots)
         order = np.argsort(keys, kind="stable")  # deterministic whatever the arrival order
         slots, x, filled, count, keys = slots[order], x[order], filled[order], count[order], keys[order]
-        I = self.spec.interval
-        end = (wid + 1) * I
+        end = int(self.grid.end_of(wid))
+        targets = self.grid.end_of(wid + np.arange(1, self.horizon + 1))  # (H,) ns: the calendar's step ends
         if self.window_sinks or any(type(s).write_windows is not ForecastSink.write_windows for s in self.forecast_sinks):
             wb = WindowBatch(keys, np.full(len(slots), end, np.int64), count, filled, x,
                              list(self.spec.feature_names))
@@ -260,20 +293,20 @@ class Pipeline:
                 continue
             mean = model.forecast(r_slots)
             means[name] = mean
-            self._emit(name, model.version, cal, r_slots, r_keys, wid, end, mean, produced)
+            self._emit(name, model.version, cal, r_slots, r_keys, wid, end, targets, mean, produced)
         if self.ensemble and len(r_slots):
             cal = self.calibrators[ENSEMBLE]
             cal.observe(r_slots, wid, y)
             mean = self._ensemble(r_slots, means)
             version = "+".join(f"{n}@{m.version}" for n, m in self.models.items())
-            self._emit(ENSEMBLE, version, cal, r_slots, r_keys, wid, end, mean, produced)
+            self._emit(ENSEMBLE, version, cal, r_slots, r_keys, wid, end, targets, mean, produced)
         if self.on_step is not None:
             self.on_step(wid)
 
-    def _emit(self, name, version, cal, slots, keys, wid, end, mean, produced) -> None:
-        lo, hi = cal.interval(slots, mean)
+    def _emit(self, name, version, cal, slots, keys, wid, end, targets, mean, produced) -> None:
+        lo, hi = cal.bounds(slots, mean)
         cal.record(slots, wid, mean)
-        fb = ForecastBatch(name, version, end, self.spec.interval, keys, mean, lo, hi, produced)
+        fb = ForecastBatch(name, version, end, self.grid.name, targets, keys, mean, lo, hi, produced)
         self.stats.forecasts_out += len(fb)
         for s in self.forecast_sinks:
             s.write(fb)
@@ -292,21 +325,18 @@ class Pipeline:
         return np.einsum("mn,mnh->nh", w, np.nan_to_num(M))
 
     # -- running a finite source ---------------------------------------------
-    def run(self, part: SourcePartition, progress=None, max_batches: int | None = None) -> None:
-        batches = 0
+    def run(self, part: SourcePartition, progress=None) -> None:
+        """Process a finite source to its end, close every window, flush the sinks."""
         while not part.exhausted:
             batch, letters = part.next_batch()
             self.process(batch, part, letters)
-            batches += 1
             if progress is not None:
                 progress.update(self.stats.records_in + self.stats.dead_letters, self.stats.windows_closed)
-            if max_batches is not None and batches >= max_batches:
-                return
         self.finish()
-        for s in self.forecast_sinks:
-            s.flush()
-        for s in self.dead_letter_sinks:
-            s.flush()
+        for sink in self.forecast_sinks:
+            sink.flush()
+        for dead in self.dead_letter_sinks:
+            dead.flush()
 
     # -- per-key state ---------------------------------------------------------
     def dirty_keys(self, clear: bool = False) -> list[str]:
@@ -319,7 +349,7 @@ class Pipeline:
     def clear_dirty(self) -> None:
         self._dirty[:] = False
 
-    def snapshot_keys(self, keys: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    def snapshot_keys(self, keys: list[str]) -> dict[str, np.ndarray]:
         """Every component's state of these keys, as {component/field: array with one row per key}."""
         slots = np.array([self.keys.get(k) for k in keys], np.int64)
         out: dict[str, np.ndarray] = {
@@ -386,12 +416,7 @@ class Pipeline:
 
 def _source(part, pid: int) -> tuple[str, int]:
     """(source name, partition) of a record: topic and Kafka partition, or file path and file index."""
-    if part is not None and hasattr(part, "topic_partition"):
-        tp = part.topic_partition(pid)
-        return tp.topic, tp.partition
-    if part is not None and hasattr(part, "describe"):
-        return part.describe(pid), pid
-    return str(pid), pid
+    return part.origin(pid) if part is not None else (str(pid), pid)
 
 
 def _component(state: dict, prefix: str) -> dict:

@@ -53,13 +53,13 @@ class ObservationBatch:
     def __len__(self) -> int:
         return len(self.ts)
 
-    def take(self, idx: np.ndarray) -> "ObservationBatch":
+    def take(self, idx: np.ndarray) -> ObservationBatch:
         return ObservationBatch(
             self.keys[idx], self.ts[idx], self.values[idx], self.partition[idx], self.offset[idx]
         )
 
     @staticmethod
-    def empty(n_fields: int) -> "ObservationBatch":
+    def empty(n_fields: int) -> ObservationBatch:
         return ObservationBatch(
             np.empty(0, dtype=object),
             np.empty(0, dtype=np.int64),
@@ -69,7 +69,7 @@ class ObservationBatch:
         )
 
     @staticmethod
-    def concat(batches: list["ObservationBatch"]) -> "ObservationBatch":
+    def concat(batches: list[ObservationBatch]) -> ObservationBatch:
         return ObservationBatch(
             np.concatenate([b.keys for b in batches]),
             np.concatenate([b.ts for b in batches]),
@@ -91,12 +91,14 @@ class DeadLetter:
     key: str | None = None
 
     def to_json_dict(self) -> dict:
-        payload = self.payload
-        if isinstance(payload, bytes):
+        payload: str | None
+        if isinstance(self.payload, bytes):
             try:
-                payload = payload.decode("utf-8")
+                payload = self.payload.decode("utf-8")
             except UnicodeDecodeError:
-                payload = payload.hex()
+                payload = self.payload.hex()
+        else:
+            payload = self.payload
         if isinstance(payload, str) and len(payload) > 4096:
             payload = payload[:4096] + f"...[{len(payload)} chars]"
         return {
@@ -114,13 +116,15 @@ class ForecastBatch:
     """Forecasts of one model made at one step for many keys.
 
     Row i is the H-step forecast for ``keys[i]`` made at the end of the window
-    ``origin`` (ns); step j targets ``origin + (j+1) * interval``.
+    ``origin`` (ns); step j (1-based) targets the window ending at ``targets[j - 1]``
+    (calendar windows differ in length, so the ends are given, not computed).
     """
 
     model: str
     model_version: str
     origin: int  # ns, end of the window the forecast was made at
-    interval: int  # ns
+    interval: str  # the window grid's name, e.g. "1h", "1mo"
+    targets: np.ndarray  # (H,) int64 ns: end of each step's target window
     keys: np.ndarray  # (n,) object
     mean: np.ndarray  # (n, H) float64
     lo: np.ndarray  # (n, H)

@@ -10,8 +10,9 @@ import base64
 import html
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 import matplotlib.dates as mdates

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .errors import ConfigError
 
@@ -57,7 +57,7 @@ def iso(ns: int) -> str:
     >>> iso(0)
     '1970-01-01T00:00:00Z'
     """
-    dt = datetime.fromtimestamp(ns // 1_000_000_000, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC)
     frac = ns % 1_000_000_000
     base = dt.strftime("%Y-%m-%dT%H:%M:%S")
     if frac:

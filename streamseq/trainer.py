@@ -1,7 +1,7 @@
 """The trainer: retrains on the window store, gates candidates, publishes to the registry.
 
 It runs off to the side of the stream — ``streamseq train`` as its own
-process, or a ``TrainerProcess`` the worker starts — and never inside the
+process, or a ``trainer_process.TrainerProcess`` beside a worker — and never inside the
 worker's processing loop. Data flows one way: store -> trainer -> registry;
 the worker only reads the registry (``retrain.ModelWatcher``).
 
@@ -41,7 +41,8 @@ from torch import nn
 from .config import Config
 from .errors import ArtifactError, ConfigError
 from .models.rnn import RNNConfig, RNNNet
-from .models.transformer import TransformerConfig, init_net, transformer_config
+from .models.transformer import TransformerConfig, init_net
+from .specs import transformer_config
 from .registry import ModelRegistry, artifact_config, build_net, mismatch  # noqa: F401 (re-exported)
 from .store import TrainingSet, WindowStore
 from .timeutil import iso, parse_duration
@@ -120,8 +121,9 @@ class RetrainSchedule:
     """
 
     def __init__(self, interval_ns: int, every_windows: int = 0, every_ns: int = 0, drift: bool = False,
-                 delta: float = 0.002, min_windows: int = 1, initial: bool = False):
+                 delta: float = 0.002, min_windows: int = 1, initial: bool = False, grid=None):
         self.interval_ns = interval_ns
+        self.grid = grid  # calendar windows: new windows are counted on the grid, not by length
         self.every_windows = every_windows
         self.every_ns = every_ns
         self.drift = drift
@@ -138,7 +140,7 @@ class RetrainSchedule:
     def from_config(cls, cfg: Config, initial: bool = False) -> "RetrainSchedule":
         t = cfg.trainer
         return cls(cfg.windowing.interval_ns, t.every_windows, parse_duration(t.every, "trainer.every") if t.every else 0,
-                   t.drift, t.drift_delta, t.holdout, initial)
+                   t.drift, t.drift_delta, t.holdout, initial, grid=cfg.windowing.grid)
 
     @property
     def active(self) -> bool:
@@ -170,7 +172,10 @@ class RetrainSchedule:
                 return "initial"
             self.last_end, self.last_time = newest_end, now_ns
             return None
-        new = (newest_end - self.last_end) // self.interval_ns
+        if self.grid is not None:
+            new = int(self.grid.wid_of(newest_end - 1) - self.grid.wid_of(self.last_end - 1))
+        else:
+            new = (newest_end - self.last_end) // self.interval_ns
         if self.every_windows and new >= self.every_windows:
             return f"every {self.every_windows} windows"
         if self.every_ns and now_ns - self.last_time >= self.every_ns:
@@ -214,7 +219,7 @@ class Outcome:
 class Trainer:
     def __init__(self, cfg: Config, store: WindowStore, registry: ModelRegistry | None = None,
                  *, n_features: int | None = None, models: list[str] | None = None):
-        from .factory import window_spec
+        from .specs import window_spec
 
         self.cfg = cfg
         self.store = store
@@ -235,7 +240,7 @@ class Trainer:
 
     # -- configs ----------------------------------------------------------------
     def model_params(self, name: str):
-        from .factory import rnn_config
+        from .specs import rnn_config
 
         if name == "transformer":
             return transformer_config(self.cfg, self.n_features)
@@ -444,10 +449,10 @@ def trainer_threads(cfg: Config) -> int:
 
 
 def run_trainer_process(cfg: Config, stop_event, priority: str = "normal") -> None:
-    """Body of the trainer process (its priority is lowered before torch is even imported: trainer_cli)."""
+    """Body of the trainer process (its priority is lowered before torch is even imported: trainer_process)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=cfg.logging.level, format="%(asctime)s trainer %(levelname)s %(message)s")
-    from .factory import set_threads
+    from .threads import set_threads
 
     set_threads(trainer_threads(cfg))
     log.info("trainer process: priority %s, %d torch threads", priority, trainer_threads(cfg))
@@ -456,45 +461,5 @@ def run_trainer_process(cfg: Config, stop_event, priority: str = "normal") -> No
     Trainer(cfg, store, registry).run_forever(stop_event)
 
 
-class TrainerProcess:
-    """The trainer in a child process (spawned: no torch state shared with the worker), at idle priority.
-
-    The worker starts it, keeps processing, and picks up promoted versions with
-    ``retrain.ModelWatcher``; a crash of the trainer never reaches the worker.
-    """
-
-    def __init__(self, cfg: Config):
-        if not cfg.store.path:
-            raise ConfigError("store.path", "a window store folder: the trainer trains on it")
-        self.cfg = cfg
-        self._proc = None
-        self._stop = None
-
-    def start(self) -> None:
-        import multiprocessing as mp
-
-        from .trainer_cli import trainer_process_main  # a light module: the child lowers its priority first
-
-        ctx = mp.get_context("spawn")
-        self._stop = ctx.Event()
-        self._proc = ctx.Process(target=trainer_process_main, args=(self.cfg, self._stop),
-                                 name="streamseq-trainer", daemon=True)
-        self._proc.start()
-
-    @property
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.is_alive()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self._proc is None:
-            return
-        self._stop.set()
-        self._proc.join(timeout)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(5)
-        self._proc = None
-
-
-__all__ = ["Trainer", "TrainerProcess", "run_trainer_process", "RetrainSchedule", "Candidate", "Outcome", "predict", "masked_mae",
+__all__ = ["Trainer", "run_trainer_process", "RetrainSchedule", "Candidate", "Outcome", "predict", "masked_mae",
            "fit", "mismatch", "TRAINABLE"]

@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from typing import Any
+
 from .errors import ConfigError
+from .grid import FixedGrid
 from .keyspace import grow
 
 SUM, CNT, MIN, MAX, FIRST, LAST = range(6)
@@ -34,13 +37,18 @@ AGGS = ("mean", "last", "first", "min", "max", "sum", "count")
 
 @dataclass
 class WindowSpec:
-    interval: int  # ns
+    interval: int  # ns; a calendar grid's nominal length (see ``grid``)
     allowed_lateness: int = 0  # ns
     features: list[tuple[int, str]] = field(default_factory=lambda: [(0, "mean")])
     feature_names: list[str] = field(default_factory=lambda: ["value"])
     gap: str = "ffill"  # "ffill" | "skip"
     max_gap_fill: int = 48  # longer gaps are not filled: the series just resumes
     max_time_jump: int = -1  # ns a record may move stream time ahead unconfirmed; -1 = auto, 0 = no limit
+    grid: Any = None  # which window a time falls in (streamseq.grid); default: a fixed grid of ``interval``
+
+    def __post_init__(self):
+        if self.grid is None:
+            self.grid = FixedGrid(self.interval)
 
     @property
     def time_jump_limit(self) -> int:
@@ -57,7 +65,7 @@ class WindowSpec:
 def build_spec(
     value_cols: list[str],
     agg: str | dict = "mean",
-    interval: int = 3600 * 10**9,
+    interval: Any = 3600 * 10**9,
     allowed_lateness: int = 0,
     gap: str = "ffill",
     max_gap_fill: int = 48,
@@ -70,6 +78,8 @@ def build_spec(
     >>> build_spec(["t", "h"], {"t": "mean", "h": ["min", "max"]}).feature_names
     ['t_mean', 'h_min', 'h_max']
     """
+    grid = interval if hasattr(interval, "wid_of") else None  # a grid (calendar windows) or ns
+    interval = grid.nominal if grid is not None else interval
     if interval <= 0:
         raise ConfigError("windowing.interval", "a positive duration")
     if gap not in ("ffill", "skip"):
@@ -104,7 +114,7 @@ def build_spec(
         raise ConfigError("windowing.agg", "a string or a table of column = aggregation")
     if not feats:
         raise ConfigError("windowing.agg", "at least one feature")
-    return WindowSpec(interval, allowed_lateness, feats, names, gap, max_gap_fill, max_time_jump)
+    return WindowSpec(interval, allowed_lateness, feats, names, gap, max_gap_fill, max_time_jump, grid)
 
 
 def _sequential_sums(values: np.ndarray, start: np.ndarray, last: np.ndarray) -> np.ndarray:
@@ -124,7 +134,7 @@ def _sequential_sums(values: np.ndarray, start: np.ndarray, last: np.ndarray) ->
 
 @dataclass
 class ClosedWindows:
-    """Closed windows sorted by (wid, slot). ``end = (wid + 1) * interval``."""
+    """Closed windows sorted by (wid, slot); window ``wid`` ends at ``spec.grid.end_of(wid)``."""
 
     slot: np.ndarray  # int64
     wid: np.ndarray  # int64
@@ -136,7 +146,7 @@ class ClosedWindows:
         return len(self.wid)
 
     @staticmethod
-    def empty(n_features: int) -> "ClosedWindows":
+    def empty(n_features: int) -> ClosedWindows:
         return ClosedWindows(
             np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64),
             np.empty(0, bool), np.empty((0, n_features)),
@@ -182,9 +192,10 @@ class Windower:
         for p in np.unique(stream_part).tolist():
             idx = np.flatnonzero(stream_part == p)
             st[idx], future[idx] = self._clock(p, ts[idx], slots[idx], partitioned_time)
-        wid = np.floor_divide(ts, spec.interval)
+        grid = spec.grid
+        wid = grid.wid_of(ts)
         wm = st - spec.allowed_lateness
-        late = ((wid + 1) * spec.interval <= wm) | (wid <= self.last_wid[slots])
+        late = (grid.end_of(wid) <= wm) | (wid <= self.last_wid[slots])
         late &= ~future
         if apply is not None:
             late &= apply
@@ -247,6 +258,7 @@ class Windower:
             elif t > st:
                 st = t
             out[i] = st
+        assert st is not None  # the batch is not empty
         self.stream_time[p] = int(st)
         if pend is not None:
             self._pending[p] = pend
@@ -264,7 +276,7 @@ class Windower:
         st = self.stream_time.get(p)
         if st is None:
             return None
-        out = {"st": int(st)}
+        out: dict = {"st": int(st)}
         pend = self._pending.get(p)
         if pend is not None:
             out["jump"] = [int(pend[0]), int(pend[1]), bool(pend[3])]
@@ -328,7 +340,7 @@ class Windower:
                 st = np.full(len(self.cell_slot), self.stream_time.get(0, NO_WID), np.int64)
             known = st != NO_WID  # a partition without stream time closes nothing (the sentinel is no time)
             wm = np.where(known, st, 0) - spec.allowed_lateness
-            is_closed = known & ((self.cell_wid + 1) * spec.interval <= wm)
+            is_closed = known & (spec.grid.end_of(self.cell_wid) <= wm)
         if not is_closed.any():
             return ClosedWindows.empty(spec.n_features)
         c_slot = self.cell_slot[is_closed]

@@ -1,14 +1,8 @@
 """Shared pytest fixtures. Broker code lives in tests/kafka_broker.py."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))  # so tests can `import kafka_broker`
-
-from kafka_broker import TansuBroker, start_tansu  # noqa: E402
+from kafka_broker import TansuBroker, start_tansu
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from streamseq.compose import build_pipeline
 from streamseq.config import from_dict
-from streamseq.factory import build_pipeline
-from streamseq.io import ListDeadLetterSink, ListSink, MemoryPartition
+from streamseq.memory import ListDeadLetterSink, ListSink, MemoryPartition
 from streamseq.records import ForecastBatch, ObservationBatch
 
 H = 3600 * 10**9

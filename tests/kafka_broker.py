@@ -1,3 +1,2 @@
-"""The test broker lives in the package (``connectors.kafka.devbroker``) so `streamseq demo` can use it too."""
-from connectors.kafka.devbroker import *  # noqa: F401,F403
-from connectors.kafka.devbroker import TEST_CLIENT_SETTINGS, TansuBroker, free_port, start_tansu  # noqa: F401
+"""The test broker: the same local Tansu launcher `streamseq demo` uses (``streamseq.localbroker``)."""
+from streamseq.localbroker import LOCAL_CLIENT_SETTINGS, TansuBroker, free_port, start_tansu  # noqa: F401

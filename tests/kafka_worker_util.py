@@ -90,7 +90,7 @@ def kill(proc: subprocess.Popen, sig=signal.SIGKILL, timeout_s: float = 30) -> i
 def feed_frame(broker, topic: str, df, key_col: str, time_col: str, value_cols: list[str], partitions: int = 4) -> int:
     """Produce a polars frame's rows, keyed by series key, to ``topic`` (created with ``partitions``)."""
     from connectors.kafka import TopicSpec, ensure_topics
-    from streamseq.io import MemoryPartition
+    from streamseq.memory import MemoryPartition
     from streamseq.records import ObservationBatch
 
     settings = KafkaSettings.from_dict(broker.client_settings())

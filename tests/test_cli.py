@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from streamseq.cli import main
+from streamseq.commands import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "replay_data"

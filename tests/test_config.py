@@ -11,7 +11,7 @@ import pytest
 
 from streamseq import config as config_mod
 from streamseq import logs
-from streamseq.cli import main
+from streamseq.commands import main
 from streamseq.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,18 +94,22 @@ def test_a_sasl_password_in_config_never_reaches_the_worker_logs(kafka_broker, t
         '[topics]\ncreate = false\n[worker]\nhttp_port = 0\n[registry]\npath = ""\n'
         '[logging]\nlevel = "DEBUG"\nformat = "json"\n'
     )
-    proc = subprocess.Popen([sys.executable, "-m", "streamseq", "worker", "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
-    time.sleep(12)  # long enough to start, fail to authenticate and log about it
+    log = tmp_path / "w.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "streamseq", "worker", "--config", str(cfg)],
+                                stdout=f, stderr=subprocess.STDOUT, env={**os.environ})
+    deadline = time.monotonic() + 90  # long enough to start, fail to authenticate and log about it
+    while time.monotonic() < deadline and proc.poll() is None and len(log.read_bytes().splitlines()) < 6:
+        time.sleep(0.5)
     proc.kill()
-    out, _ = proc.communicate(timeout=30)
-    text = out.decode(errors="replace")
+    proc.wait(timeout=30)
+    text = log.read_text(errors="replace")
     assert len(text.splitlines()) > 3, text  # it did log
     assert secret not in text
 
 
 def test_threads_auto_is_one_in_the_worker_and_up_to_two_in_replay(monkeypatch):
-    from streamseq.factory import torch_threads
+    from streamseq.specs import torch_threads
 
     cfg = config_mod.from_dict({})
     assert cfg.threads == 0

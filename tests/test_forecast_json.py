@@ -18,7 +18,7 @@ from streamseq.forecast_json import (
     parse_rfc3339_ns,
 )
 from streamseq.records import FORECAST_SCHEMA, ForecastBatch
-from streamseq.timeutil import format_duration, iso
+from streamseq.timeutil import iso
 
 H = 3600 * 10**9
 ORIGIN = 1_704_067_200 * 10**9  # 2024-01-01T00:00:00Z
@@ -32,7 +32,7 @@ def make_batch(n: int = 3, horizon: int = 4, with_interval: bool = True) -> Fore
     else:
         lo, hi = np.full((n, horizon), np.nan), np.full((n, horizon), np.nan)
     return ForecastBatch(
-        model="gru", model_version="v3", origin=ORIGIN, interval=H,
+        model="gru", model_version="v3", origin=ORIGIN, interval="1h", targets=ORIGIN + H * np.arange(1, horizon + 1),
         keys=np.array([f"sensor-{i}" for i in range(n)], dtype=object),
         mean=mean, lo=lo, hi=hi, produced_at=ORIGIN + 5 * 10**9 + 123,
     )
@@ -132,6 +132,7 @@ def test_frame_is_long_form():
 def test_sub_second_times_keep_nanoseconds():
     batch = make_batch(n=1, horizon=1)
     batch.origin += 1  # 1 ns past the hour
+    batch.targets = batch.targets + 1
     f = decode_forecast(encode_forecasts(batch)[0][1])
     assert f.origin == ORIGIN + 1 and f.steps[0].target_ts == ORIGIN + 1 + H
     assert parse_rfc3339_ns("2024-01-01T00:00:00.5Z") == ORIGIN + 500_000_000
@@ -168,11 +169,11 @@ def reference_encode(batch: ForecastBatch) -> list[tuple[bytes, bytes]]:
             "id": f"{key}|{iso(batch.origin)}|{batch.model}|{batch.model_version}",
             "key": key,
             "origin": iso(batch.origin),
-            "interval": format_duration(batch.interval),
+            "interval": batch.interval,
             "model": str(batch.model),
             "model_version": str(batch.model_version),
             "horizon": horizon,
-            "steps": [{"step": j + 1, "target_ts": iso(batch.origin + (j + 1) * batch.interval),
+            "steps": [{"step": j + 1, "target_ts": iso(int(batch.targets[j])),
                        "mean": number(batch.mean, i, j), "lo": number(batch.lo, i, j),
                        "hi": number(batch.hi, i, j)} for j in range(horizon)],
             "produced_at": iso(batch.produced_at),
@@ -192,9 +193,18 @@ def test_template_encoder_matches_the_object_encoder_byte_for_byte(seed, validat
     lo[rng.random((n, horizon)) < 0.1] = np.nan
     hi[rng.random((n, horizon)) < 0.05] = np.inf
     keys = ["plain", 'quote"back\\slash', "100%s%d", "unicode-\u00e9\u6e29\U0001f321", "tab\tnewline\n"]
+    origin = ORIGIN + seed * 1_500_000_123
+    name, step = [("1h", H), ("15min", 15 * 60 * 10**9), ("1500ms", 1_500_000_000), ("1mo", None)][seed % 4]
+    if step is None:  # calendar months: the targets are the month ends, of different lengths
+        from streamseq.grid import parse_interval
+
+        grid = parse_interval("1mo")
+        targets = grid.end_of(grid.wid_of(origin - 1) + np.arange(1, horizon + 1))
+    else:
+        targets = origin + step * np.arange(1, horizon + 1)
     batch = ForecastBatch(
         model="gru%s" if seed % 2 else "lstm", model_version=["v1", "7", "a|b"][seed % 3],
-        origin=ORIGIN + seed * 1_500_000_123, interval=[H, 15 * 60 * 10**9, 1_500_000_000][seed % 3],
+        origin=origin, interval=name, targets=targets,
         keys=np.array([keys[i % len(keys)] + str(i) for i in range(n)], dtype=object),
         mean=mean, lo=None if seed == 3 else lo, hi=None if seed == 3 else hi,
         produced_at=ORIGIN + 5 * 10**9 + seed,

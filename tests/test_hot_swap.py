@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from streamseq.compose import build_pipeline
 from streamseq.config import from_dict
-from streamseq.factory import build_pipeline
-from streamseq.io import ListSink, MemoryPartition
+from streamseq.hotswap import ModelWatcher, attach_retraining
+from streamseq.memory import ListSink, MemoryPartition
 from streamseq.records import ObservationBatch
 from streamseq.registry import ModelRegistry, artifact_config
-from streamseq.retrain import ModelWatcher, attach_retraining
 from streamseq.synthetic import generate
 
 HOUR = 3600 * 10**9

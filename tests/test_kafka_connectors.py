@@ -36,7 +36,7 @@ from connectors.kafka import (
 )
 from streamseq.errors import ConfigError
 from streamseq.forecast_json import decode_forecast, load_schema
-from streamseq.io import MemoryPartition
+from streamseq.memory import MemoryPartition
 from streamseq.records import DeadLetter, ForecastBatch, ObservationBatch
 
 pytestmark = pytest.mark.timeout(60)
@@ -131,7 +131,7 @@ def test_source_yields_observations_in_partition_order(settings, unique_topic):
             for key in set(batch.keys[rows]):
                 assert np.all(np.diff(batch.ts[rows & (batch.keys == key)]) > 0)  # per-key order kept
             tp = part.topic_partition(int(pid))
-            assert tp == TopicPartition(topic, int(pid)) and part.describe(int(pid)) == f"{topic}[{pid}]"
+            assert tp == TopicPartition(topic, int(pid)) and part.origin(int(pid)) == (topic, int(pid))
         assert {tp.partition for tp in part.assignment()} == {0, 1, 2}
         # every key lives in exactly one partition
         assert all(len(set(batch.partition[batch.keys == k])) == 1 for k in keys)
@@ -331,7 +331,8 @@ def forecast_batch(n: int, origin_h: int, horizon: int = 3, interval: bool = Tru
     mean = np.arange(n * horizon, dtype=float).reshape(n, horizon) + origin_h
     nan = np.full((n, horizon), np.nan)
     return ForecastBatch(
-        model="gru", model_version="7", origin=T0_MS * 10**6 + origin_h * HOUR, interval=HOUR,
+        model="gru", model_version="7", origin=T0_MS * 10**6 + origin_h * HOUR, interval="1h",
+        targets=T0_MS * 10**6 + origin_h * HOUR + HOUR * np.arange(1, horizon + 1),
         keys=np.array([f"sensor-{i}" for i in range(n)], dtype=object),
         mean=mean, lo=mean - 1 if interval else nan, hi=mean + 1 if interval else nan,
         produced_at=T0_MS * 10**6 + origin_h * HOUR + 10**9,
@@ -591,7 +592,7 @@ def test_iso_times_fast_and_slow_paths_agree():
         ns, ok = parse_iso_times(batch)
         assert ok.tolist() == [expected_ok[texts.index(t)] for t in batch]
         want = {texts[0]: t0, texts[1]: t0 + 123456789, texts[2]: t0, texts[3]: t0, texts[4]: t0, texts[5]: t0}
-        for t, v, good in zip(batch, ns.tolist(), ok):
+        for t, v in zip(batch, ns.tolist()):
             if t in want:
                 assert v == want[t], t
     ns, ok = parse_iso_times(["2300-01-01T00:00:00Z"])

@@ -1,10 +1,11 @@
 """The pipeline with an in-memory source and a list sink."""
 import numpy as np
 import polars as pl
+from helpers import H, frame_batches, obs, pipeline, run
 
+from streamseq.memory import MemoryPartition
 from streamseq.pipeline import ENSEMBLE
 from streamseq.synthetic import generate
-from helpers import H, frame_batches, obs, pipeline, run
 
 
 def stream(keys=6, windows=120, irregular=False, seed=0):
@@ -93,11 +94,7 @@ def test_snapshot_and_restore_keys_continue_identically():
 
 
 def test_idempotent_apply_skips_records_already_in_restored_state():
-    class Part:
-        partitioned_time = True
-
-        def describe(self, p):
-            return f"t[{p}]"
+    Part = partitioned  # noqa: N806 - a partition whose event time is per partition id, as on Kafka
 
     pipe, sink, _ = pipeline(models=("naive",))
     b = obs(["a"] * 3, [0, H, 2 * H], [1.0, 2.0, 3.0], partition=[0, 0, 0], offset=[0, 1, 2])
@@ -188,11 +185,7 @@ def test_restore_after_an_interrupted_checkpoint_keeps_other_keys_windows_open()
     Its later event time must not close key a's window before a's redelivered record is back."""
     from streamseq.state_codec import decode_keys, encode_keys
 
-    class Part:
-        partitioned_time = True
-
-        def describe(self, p):
-            return f"obs[{p}]"
+    Part = partitioned  # noqa: N806 - a partition whose event time is per partition id, as on Kafka
 
     M = H // 60
     first = obs(["a", "b"], [0, 0], [1.0, 10.0], partition=[0, 0], offset=[0, 1])
@@ -218,3 +211,7 @@ def test_restore_after_an_interrupted_checkpoint_keeps_other_keys_windows_open()
     assert a_at_1h == [2.0] and not letters  # mean of 1 and 3: the redelivered record counted
     a_at_1h, letters = resume(None)  # without the committed offset b's time would close a's window early
     assert a_at_1h == [1.0] and letters[0].reason.startswith("too late")
+
+
+def partitioned():
+    return MemoryPartition([], partitioned_time=True)

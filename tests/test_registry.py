@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from streamseq.cli import main
+from streamseq.commands import main
 from streamseq.errors import ArtifactError
 from streamseq.models.rnn import RNNConfig, RNNNet
 from streamseq.models.transformer import TransformerConfig, init_net

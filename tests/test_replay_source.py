@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from itertools import accumulate
 
 import numpy as np
@@ -79,7 +78,7 @@ def expected_records(dfs: list[pl.DataFrame]):
     rows = []
     for i, df in enumerate(dfs):
         for r, (k, t, a, b) in enumerate(df.iter_rows()):
-            ns = int(t.replace(tzinfo=timezone.utc).timestamp()) * NS
+            ns = int(t.replace(tzinfo=UTC).timestamp()) * NS
             rows.append((k, ns, (a, b), i, r))
     return sorted(rows, key=lambda x: (x[1], x[3], x[4]))
 
@@ -424,5 +423,5 @@ def test_total_rows_describe_and_single_partition(tmp_path):
     part = src.build_part("replay", None)
     assert part.partitioned_time is False
     assert part.total_rows == total
-    assert part.describe(1) == paths[1]
+    assert part.origin(1) == (paths[1], 1)
     part.close()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -20,7 +20,7 @@ HORIZON = 6
 def replay_frames(n_windows: int = 120) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Hourly sine-ish series for three keys and two models, the way replay writes them."""
     rng = np.random.default_rng(7)
-    t0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
+    t0 = datetime(2024, 3, 1, tzinfo=UTC)
     keys = [EVIL, "station-2", "station 3 & co"]
     ends = [t0 + timedelta(hours=i) for i in range(n_windows)]
     act_rows, fc_rows = [], []

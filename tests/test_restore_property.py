@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers import pipeline
+
+from streamseq.memory import MemoryPartition
 from streamseq.records import ObservationBatch
 
 M = 60 * 10**9
 H = 60 * M
 
 
-class TwoPartitions:
-    """What the pipeline asks of a Kafka-like source: time advances per partition."""
-
-    partitioned_time = True
-
-    def describe(self, pid: int) -> str:
-        return f"obs[{pid}]"
+def TwoPartitions():  # noqa: N802 - a Kafka-like source: event time advances per partition
+    return MemoryPartition([], partitioned_time=True)
 
 
 def stream(seed: int, n_keys: int = 12, hours: int = 60):

@@ -191,7 +191,7 @@ def test_flush_size_does_not_change_content(tmp_path, flush_rows):
 def test_workers_sharing_one_store_never_overwrite_each_other(tmp_path):
     """Two workers on one volume, each with its own writer id (as build_worker gives them): every
     window either of them wrote is there afterwards."""
-    from streamseq.worker_cli import writer_id
+    from streamseq.compose import writer_id
 
     ids = {writer_id() for _ in range(50)}
     assert len(ids) == 50

@@ -1,7 +1,7 @@
 """The synthetic stream generator: determinism, shape, irregularity and regimes."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
@@ -10,7 +10,7 @@ from streamseq.errors import ConfigError
 from streamseq.synthetic import draw_key_params, generate, main, write
 
 HOUR_NS = 3600 * 10**9
-START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_million_scale_row_count():
 
 def test_other_interval_and_start():
     df = generate(n_keys=3, n_windows=10, interval="1d", start="2023-06-01", irregular=False)
-    assert df["ts"].min() == datetime(2023, 6, 1, tzinfo=timezone.utc)
+    assert df["ts"].min() == datetime(2023, 6, 1, tzinfo=UTC)
     assert df["ts"].dt.date().n_unique() == 10
 
 

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from streamseq.cli import main
 from streamseq.clock import ManualClock
+from streamseq.commands import main
 from streamseq.config import from_dict
 from streamseq.records import WindowBatch
 from streamseq.registry import ModelRegistry
 from streamseq.store import WindowStore
 from streamseq.synthetic import generate
-from streamseq.trainer import RetrainSchedule, Trainer, TrainerProcess, masked_mae, predict
+from streamseq.trainer import RetrainSchedule, Trainer, masked_mae, predict
+from streamseq.trainer_process import TrainerProcess
 
 HOUR = 3600 * 10**9
 SETTINGS = {

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+from streamseq.compose import build_model, build_pipeline
 from streamseq.config import from_dict
-from streamseq.factory import build_model, build_pipeline
-from streamseq.io import ListSink, MemoryPartition
+from streamseq.memory import ListSink, MemoryPartition
 from streamseq.models.rnn import RNNConfig, StatefulRNNForecaster
-from streamseq.models.transformer import (TransformerConfig, TransformerForecaster, TransformerNet, init_net,
-                                          transformer_config)
+from streamseq.models.transformer import TransformerConfig, TransformerForecaster, TransformerNet, init_net
 from streamseq.records import ObservationBatch
+from streamseq.specs import transformer_config
 
 torch.set_num_threads(2)
 SMALL = TransformerConfig(context=8, d_model=16, heads=2, layers=2, ff=32, horizon=3, n_features=2)

@@ -18,14 +18,21 @@ import time
 
 import polars as pl
 import pytest
-
 from kafka_broker import start_tansu
 from kafka_worker_util import (
-    feed_frame, forecast_table, free_port, metric, read_forecasts, read_raw, start_worker, wait_for,
+    feed_frame,
+    forecast_table,
+    free_port,
+    metric,
+    read_forecasts,
+    read_raw,
+    start_worker,
+    wait_for,
     write_worker_config,
 )
-from streamseq import config as config_mod
 from test_worker_kafka import FORECAST, assert_live_matches_replay, replay_of, synthetic, topics
+
+from streamseq import config as config_mod
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 WINDOWING = {"interval": "1h", "agg": "mean", "allowed_lateness": "5min", "gap": "ffill"}
@@ -38,13 +45,14 @@ def config(broker, tmp_path, t, group, **kw):
 
 
 def test_a_crash_while_processing_commits_nothing_of_that_batch(kafka_broker, tmp_path):
-    from streamseq.worker_cli import build_worker
+    from streamseq.compose import WorkerApp
 
     t = topics(kafka_broker, "crashproc")
     df = synthetic(30, 120, seed=11)
     feed_frame(kafka_broker, t["obs"], df, "key", "ts", ["value"])
     cfg_path = config(kafka_broker, tmp_path, t, "g-crashproc")
-    worker = build_worker(config_mod.load(cfg_path))
+    app = WorkerApp(config_mod.load(cfg_path)).open()
+    worker = app.worker
     naive = worker.pipeline.models["naive"]
     real_update, calls = naive.update, []
 
@@ -57,7 +65,7 @@ def test_a_crash_while_processing_commits_nothing_of_that_batch(kafka_broker, tm
     naive.update = failing_update
     with pytest.raises(RuntimeError, match="injected"):
         worker.run(threading.Event())
-    worker.close()  # what the CLI does: leaving the group must not commit the failed batch
+    app.close()  # what the CLI does: leaving the group must not commit the failed batch
 
     proc = start_worker(cfg_path, tmp_path / "w.log")
     assert proc.wait(timeout=240) == 0, (tmp_path / "w.log").read_text()[-3000:]
@@ -68,6 +76,7 @@ def test_a_crash_while_processing_commits_nothing_of_that_batch(kafka_broker, tm
 
 def test_poison_records_are_dead_letters_and_change_no_forecast(kafka_broker, tmp_path):
     from kafka import KafkaProducer
+    from kafka.partitioner.default import murmur2
 
     t = topics(kafka_broker, "poison")
     df = synthetic(12, 100, seed=12)
@@ -79,7 +88,8 @@ def test_poison_records_are_dead_letters_and_change_no_forecast(kafka_broker, tm
         400: ("key_too_long", None, b"M" * 2_000_000),  # a 2 MB message key on an invalid record
         500: ("missing_key", {"key": "", "value": 1.0}, b""),
         600: ("value_out_of_range", {"value": 1e308}, None),
-        700: ("future_time", {"ts": "2150-06-01T00:00:00Z"}, None),
+        700: ("future_time", {"ts": "2150-06-01T00:00:00Z"}, "same"),
+        800: ("wrong_partition", {}, "other partition"),  # a key's record on a partition not its own
     }
     expected_reasons = []
     for i, row in enumerate(iso.iter_rows(named=True)):
@@ -91,7 +101,11 @@ def test_poison_records_are_dead_letters_and_change_no_forecast(kafka_broker, tm
         if i in poison:
             reason, change, msg_key = poison[i]
             bad = b"{not json" if change is None else json.dumps({**good, **change}).encode()
-            producer.send(t["obs"], bad, key=msg_key or None)
+            if msg_key == "other partition":
+                home = (murmur2(row["key"].encode()) & 0x7FFFFFFF) % 4  # the default partitioner's choice
+                producer.send(t["obs"], json.dumps({**good, "value": 0.5}).encode(), partition=(home + 1) % 4)
+            else:
+                producer.send(t["obs"], bad, key=row["key"].encode() if msg_key == "same" else (msg_key or None))
             expected_reasons.append(reason if change is not None else "not_json")
     producer.flush()
     producer.close()

@@ -10,16 +10,26 @@ from __future__ import annotations
 import json
 import signal
 import time
+from datetime import UTC
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
-
 from kafka_worker_util import (
-    feed_frame, forecast_table, free_port, kill, metric, read_forecasts, read_raw, replay_table,
-    start_worker, wait_for, write_worker_config,
+    feed_frame,
+    forecast_table,
+    free_port,
+    kill,
+    metric,
+    read_forecasts,
+    read_raw,
+    replay_table,
+    start_worker,
+    wait_for,
+    write_worker_config,
 )
+
 from streamseq import config as config_mod
 from streamseq.backtest import run_backtest
 from streamseq.synthetic import generate
@@ -58,7 +68,7 @@ def assert_live_matches_replay(live: dict, replay: dict, n_keys: int, n_models: 
     # Replay closes every key's last window at end of file; a live stream keeps it open.
     assert len(missing) <= 2 * n_keys * n_models, len(missing)
     last = {}
-    for key, origin, model in replay:
+    for key, origin, _model in replay:
         last[key] = max(last.get(key, 0), origin)
     assert all(origin >= last[key] - 2 * H for key, origin, _ in missing)
 
@@ -126,7 +136,7 @@ def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path, latenes
     log = tmp_path / "w.log"
     for threshold in (6_000, 9_000, 12_000):
         proc = start_worker(cfg, log, idle_s=None)
-        reached = wait_for(lambda: (metric(port, "streamseq_records_in") or 0) >= threshold, 120)
+        reached = wait_for(lambda n=threshold: (metric(port, "streamseq_records_in") or 0) >= n, 120)
         assert reached, log.read_text()[-3000:]
         kill(proc, signal.SIGKILL)
     proc = start_worker(cfg, log)
@@ -267,9 +277,9 @@ def test_sigterm_exits_zero_in_time_and_resumes_without_gap_or_duplicate(kafka_b
 def test_hot_swap_during_a_live_run_changes_the_version_with_no_gap(kafka_broker, tmp_path):
     from dataclasses import replace
 
-    from streamseq.factory import rnn_config
     from streamseq.models.rnn import RNNNet
     from streamseq.registry import ModelRegistry, artifact_config
+    from streamseq.specs import rnn_config
 
     t = topics(kafka_broker, "swap")
     df = synthetic(20, 200, seed=6)
@@ -310,3 +320,33 @@ def test_hot_swap_during_a_live_run_changes_the_version_with_no_gap(kafka_broker
         swap_at = versions.index(version)
         assert swap_at > 0, f"{key}: no forecast before the swap"
         assert set(versions[:swap_at]) == {"init"} and set(versions[swap_at:]) == {version}
+
+
+def test_calendar_windows_live_equal_replay_and_target_the_month_ends(kafka_broker, tmp_path):
+    """Monthly windows (months of 28 to 31 days) in the worker: the same forecasts as the replay,
+    and each step's target_ts on the topic is the end of its calendar month."""
+    from datetime import datetime
+
+    t = topics(kafka_broker, "monthly")
+    rng = np.random.default_rng(5)
+    rows = [(f"m{k}", datetime(2010 + i // 12, i % 12 + 1, 1 + int(rng.integers(0, 27)), tzinfo=UTC),
+             50 + 10 * np.sin(2 * np.pi * i / 12) + rng.normal())
+            for i in range(48) for k in range(6)]
+    df = pl.DataFrame(rows, schema=["key", "ts", "value"], orient="row").sort("ts")
+    windowing = {"interval": "1mo", "agg": "mean", "allowed_lateness": "0s", "gap": "ffill"}
+    forecast = {"horizon": 3, "season": 0, "models": ["gru", "seasonal_naive", "naive"], "ensemble": True}
+    feed_frame(kafka_broker, t["obs"], df, "key", "ts", ["value"])
+    cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
+                              dlq=t["dlq"], changelog=t["changelog"], group="g-monthly", value_fields=["value"],
+                              windowing=windowing, forecast=forecast)
+    proc = start_worker(cfg, tmp_path / "w.log")
+    assert proc.wait(timeout=240) == 0, (tmp_path / "w.log").read_text()[-3000:]
+    forecasts = read_forecasts(kafka_broker, t["forecasts"])
+    assert forecasts and {f.interval for f in forecasts} == {"1mo"}
+    for f in forecasts[:50]:
+        for s in f.steps:
+            day = datetime.fromtimestamp(s.target_ts / 1e9, tz=UTC)
+            assert (day.day, day.hour, day.minute) == (1, 0, 0)
+    live = forecast_table(forecasts)
+    replay = replay_of(tmp_path, df, "key", "ts", ["value"], windowing, forecast)
+    assert_live_matches_replay(live, replay, 6, 4)

@@ -16,7 +16,7 @@ import orjson
 
 from streamseq.clock import SystemClock
 from streamseq.errors import ConfigError
-from streamseq.io import DeadLetterSink, SourcePartition
+from streamseq.ports import DeadLetterSink, SourcePartition
 
 from .source import TIME_UNITS
 
@@ -101,9 +101,9 @@ def observation_messages(keys: np.ndarray, ts: np.ndarray, values: np.ndarray, *
 
 def _iso_strings(ts: np.ndarray) -> np.ndarray:
     """RFC 3339 UTC strings with the coarsest unit that is exact (s, ms, us or ns)."""
-    for unit, size in (("s", 10**9), ("ms", 10**6), ("us", 10**3)):
+    unit = "ns"
+    for coarse, size in (("s", 10**9), ("ms", 10**6), ("us", 10**3)):
         if (ts % size == 0).all():
+            unit = coarse
             break
-    else:
-        unit = "ns"
     return np.datetime_as_string(ts.astype("datetime64[ns]"), unit=unit, timezone="UTC")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import polars as pl
 from kafka import KafkaConsumer, TopicPartition

@@ -69,7 +69,7 @@ class KafkaSettings:
     # --- construction -------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], prefix: str = "kafka") -> "KafkaSettings":
+    def from_dict(cls, d: dict[str, Any], prefix: str = "kafka") -> KafkaSettings:
         """Build from a config mapping; an unknown key raises ConfigError naming it."""
         known = [f.name for f in fields(cls)]
         for key in d:
@@ -84,7 +84,7 @@ class KafkaSettings:
         settings.validate(prefix)
         return settings
 
-    def replace(self, **changes: Any) -> "KafkaSettings":
+    def replace(self, **changes: Any) -> KafkaSettings:
         new = dataclasses.replace(self, **changes)
         new.validate()
         return new

@@ -24,14 +24,14 @@ import logging
 import threading
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 from kafka import errors as kerr
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from streamseq.errors import StreamseqError
 from streamseq.forecast_json import encode_forecasts
-from streamseq.io import DeadLetterSink, ForecastSink
+from streamseq.ports import DeadLetterSink, ForecastSink
 from streamseq.records import MAX_KEY_BYTES, DeadLetter, ForecastBatch
 
 from .settings import KafkaSettings, warn_if_pure_python_crc

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import logging
 import re
-from operator import itemgetter
 import threading
 import warnings
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from operator import itemgetter
+from typing import Any
 
 import numpy as np
 import orjson
@@ -40,7 +41,7 @@ from kafka.errors import IllegalStateError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from streamseq.errors import ConfigError
-from streamseq.io import Source, SourcePartition
+from streamseq.ports import GroupPartition, Source
 from streamseq.records import MAX_ABS_VALUE, MAX_KEY_BYTES, DeadLetter, ObservationBatch, key_fault
 
 from .settings import KafkaSettings, warn_if_pure_python_crc
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 PART_NAME = "consumer"
 TIME_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 MIN_TS_NS = 0  # 1970-01-01
-MAX_TS_NS = int(datetime(2201, 1, 1, tzinfo=timezone.utc).timestamp()) * 1_000_000_000  # exclusive: end of 2200
+MAX_TS_NS = int(datetime(2201, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000_000  # exclusive: end of 2200
 _PID_TOPIC_SHIFT = 20  # partition id = topic index << 20 | partition (stable across restarts)
 
 RebalanceCallback = Callable[[list[TopicPartition]], None]
@@ -97,18 +98,18 @@ class KafkaSource(Source):
     def list_parts(self) -> list[str]:
         return [PART_NAME]
 
-    def build_part(self, name: str, resume_state: Any | None = None) -> "KafkaPartition":
+    def build_part(self, name: str, resume_state: Any | None = None) -> KafkaPartition:
         if name != PART_NAME:
             raise ValueError(f"KafkaSource has one part, {PART_NAME!r}; got {name!r}")
         return KafkaPartition(self, resume_state)
 
-    def decoder(self) -> "JsonObservationDecoder":
+    def decoder(self) -> JsonObservationDecoder:
         return JsonObservationDecoder(
             self.key_field, self.time_field, self.value_fields, self.time_unit, self.max_record_bytes
         )
 
 
-class KafkaPartition(SourcePartition):
+class KafkaPartition(GroupPartition):
     """The consumer-group member: ``next_batch`` waits at most ``poll_timeout_ms`` for data.
 
     Its wall time is that wait plus the CPU time to parse and decode at most
@@ -121,7 +122,7 @@ class KafkaPartition(SourcePartition):
 
     ``ObservationBatch.partition`` holds a partition id: ``topic index << 20 |
     kafka partition`` (for a single topic, the Kafka partition number itself).
-    ``describe(pid)`` -> "topic[p]", ``topic_partition(pid)`` -> TopicPartition.
+    ``origin(pid)`` -> (topic, partition), ``topic_partition(pid)`` -> TopicPartition.
     """
 
     partitioned_time = True  # event time advances per Kafka partition, not globally
@@ -240,12 +241,6 @@ class KafkaPartition(SourcePartition):
     def assignment(self) -> list[TopicPartition]:
         return sorted(self._consumer.assignment())
 
-    def pause(self, *tps: TopicPartition) -> None:
-        self._consumer.pause(*tps)
-
-    def resume(self, *tps: TopicPartition) -> None:
-        self._consumer.resume(*tps)
-
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Next ``next_batch`` returns ``tp`` from ``offset``; ``position_offsets`` follows."""
         self._consumer.seek(tp, offset)
@@ -287,14 +282,15 @@ class KafkaPartition(SourcePartition):
     def topic_partition(self, pid: int) -> TopicPartition:
         return TopicPartition(self._topics[pid >> _PID_TOPIC_SHIFT], pid & ((1 << _PID_TOPIC_SHIFT) - 1))
 
-    def describe(self, pid: int) -> str:
-        tp = self.topic_partition(pid)
-        return f"{tp.topic}[{tp.partition}]"
+    def kafka_partition(self, pid: int) -> int:
+        return pid & ((1 << _PID_TOPIC_SHIFT) - 1)
 
-    @property
-    def consumer(self) -> KafkaConsumer:
-        """The kafka-python consumer, for what this class does not wrap."""
-        return self._consumer
+    def origin(self, pid: int) -> tuple[str, int]:
+        tp = self.topic_partition(pid)
+        return tp.topic, tp.partition
+
+    def label(self, tp: TopicPartition) -> tuple[str, int]:
+        return tp.topic, tp.partition
 
     # --- rebalance plumbing (called by _RebalanceBridge on the IO loop) -----------
 
@@ -315,14 +311,14 @@ class KafkaPartition(SourcePartition):
                 self._positions.pop(tp, None)
 
 
-def _make_listener(part: "KafkaPartition"):
+def _make_listener(part: KafkaPartition):
     if AsyncConsumerRebalanceListener is None or not hasattr(part._consumer, "_net"):
         return _InlineListener(part)  # kafka-python 2.x: listeners already run on the polling thread
     return _RebalanceBridge(part)
 
 
 class _InlineListener(ConsumerRebalanceListener):
-    def __init__(self, part: "KafkaPartition"):
+    def __init__(self, part: KafkaPartition):
         self._part = part
 
     def _call(self, fn, tps) -> None:
@@ -372,7 +368,7 @@ class _RebalanceBridge(AsyncConsumerRebalanceListener or object):
         def run() -> None:
             try:
                 fn(tps)
-            except BaseException as e:  # re-raised below, then by next_batch
+            except BaseException as e:  # noqa: BLE001 - re-raised below, then by next_batch
                 errors.append(e)
             finally:
                 done.set()

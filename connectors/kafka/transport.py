@@ -11,6 +11,7 @@ import socket
 from kafka import errors as kerr
 
 from streamseq.config import Config
+from streamseq.errors import ConfigError
 
 from .admin import TopicSpec, changelog_spec, ensure_topics
 from .changelog import ChangelogStore
@@ -20,10 +21,12 @@ from .source import KafkaSource
 
 
 def settings_from_config(cfg: Config) -> KafkaSettings:
+    """The client settings of ``[kafka]``; delivery semantics come from ``[worker] exactly_once`` alone."""
     d = dict(cfg.kafka)
+    if "exactly_once" in d:
+        raise ConfigError("kafka.exactly_once", "no such key here: set [worker] exactly_once (one switch)")
     d.setdefault("group_id", "streamseq-worker")
-    if cfg.worker.exactly_once:
-        d["exactly_once"] = True
+    d["exactly_once"] = cfg.worker.exactly_once
     settings = KafkaSettings.from_dict(d)
     if settings.exactly_once and not settings.transactional_id:
         # Stable per worker instance (pod / host name) so a restarted worker fences its old self.
@@ -69,11 +72,11 @@ class KafkaTransport:
         with self.reaching_the_cluster():
             return ensure_topics(self.settings, self.topic_specs())
 
-    def open(self) -> "KafkaTransport":
+    def open(self) -> KafkaTransport:
         with self.reaching_the_cluster():
             return self._open()
 
-    def _open(self) -> "KafkaTransport":
+    def _open(self) -> KafkaTransport:
         c = self.cfg
         if c.topics.create:
             self.ensure_topics()

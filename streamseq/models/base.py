@@ -1,9 +1,15 @@
-"""One batch-first interface for every forecaster.
+"""The model contract, in two parts (river keeps forecasting to two methods; keyed state is ours).
 
-A model owns per-key state in arrays indexed by arena slot. ``update`` takes
-the closed windows of many keys at one window end and advances (and, where the
-model learns, learns); ``forecast`` returns H steps for many keys without
-changing any state.
+``Forecaster``: ``update`` takes the closed windows of many keys at one window end
+and advances them (and, where the model learns, learns); ``forecast`` returns H
+steps for many keys without changing any state.
+
+``KeyedState``: per-key state lives in arrays indexed by arena slot; it can be
+grown, snapshotted, restored (into any slots, of any instance) and reset.
+
+Every model the pipeline runs is both (``BatchForecaster``) and passes the same
+conformance checks (``models.checks.check_model``); the interval calibrator is
+keyed state only.
 """
 from __future__ import annotations
 
@@ -12,7 +18,34 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 
-class BatchForecaster(ABC):
+class KeyedState(ABC):
+    """Per-key state in arrays indexed by slot."""
+
+    @abstractmethod
+    def ensure_capacity(self, capacity: int) -> None:
+        """Make room for slots [0, capacity)."""
+
+    @abstractmethod
+    def snapshot(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-key state of these slots: arrays with len(slots) rows, copies."""
+
+    @abstractmethod
+    def restore(self, slots: np.ndarray, state: dict[str, np.ndarray]) -> None:
+        """Put a snapshot's rows into these slots; the keys then continue as if never moved."""
+
+    @abstractmethod
+    def reset(self, slots: np.ndarray) -> None:
+        """Forget these keys (a new key or a revoked partition)."""
+
+    def state_nbytes_per_key(self) -> float:
+        """Bytes of per-key state (for the memory budget)."""
+        snap = self.snapshot(np.array([0]))
+        return float(sum(a.nbytes for a in snap.values()))
+
+
+class Forecaster(ABC):
+    """Forecasts many keys at one window end."""
+
     name: str = "model"
     version: str = "0"
     horizon: int = 1
@@ -22,10 +55,6 @@ class BatchForecaster(ABC):
         """The window grid of the stream: ``grid.start_of(wid)`` / ``end_of(wid)`` give window times
         (calendar features of a window and of each target step)."""
         self.grid = grid
-
-    @abstractmethod
-    def ensure_capacity(self, capacity: int) -> None:
-        """Make room for slots [0, capacity)."""
 
     @abstractmethod
     def update(self, slots: np.ndarray, x: np.ndarray, filled: np.ndarray, wid: int | None = None) -> None:
@@ -38,18 +67,9 @@ class BatchForecaster(ABC):
     def forecast(self, slots: np.ndarray) -> np.ndarray:
         """(n, H) point forecasts in the target's units. Pure: state is not changed."""
 
-    @abstractmethod
-    def snapshot(self, slots: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-key state of these slots; arrays have len(slots) rows (or are per-key blobs)."""
 
-    @abstractmethod
-    def restore(self, slots: np.ndarray, state: dict[str, np.ndarray]) -> None: ...
+class BatchForecaster(Forecaster, KeyedState):
+    """A model the pipeline runs: a forecaster whose per-key state is keyed state."""
 
-    @abstractmethod
-    def reset(self, slots: np.ndarray) -> None:
-        """Forget these keys (a new key or a revoked partition)."""
 
-    def state_nbytes_per_key(self) -> float:
-        """Bytes of per-key state (for the memory budget)."""
-        snap = self.snapshot(np.array([0]))
-        return float(sum(a.nbytes for a in snap.values()))
+__all__ = ["BatchForecaster", "Forecaster", "KeyedState"]

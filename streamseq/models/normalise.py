@@ -45,12 +45,6 @@ def target_scale(level: np.ndarray, dvar: np.ndarray, horizon: int, scale: str) 
 
 
 
-def output_scale(cfg) -> str:
-    """The output unit a config gives its models (``rnn.scale``; "auto": change for prices, else level)."""
-    scale = getattr(cfg.rnn, "scale", "level")
-    return scale if scale != "auto" else ("change" if cfg.kind == "price" else "level")
-
-
 class RunningStats:
     """Per-key arena of the statistics above: running mean/variance of every feature and the
     variance of the target's one-window change. Both neural forecasters hold one, so their

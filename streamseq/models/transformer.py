@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn import functional as Fn
 
 from ..keyspace import grow
-from .normalise import (RunningStats, norm_scale, output_scale, target_scale, update_change_var,  # noqa: F401
+from .normalise import (RunningStats, norm_scale, target_scale, update_change_var,  # noqa: F401
                         update_running_stats)
 from .base import BatchForecaster
 
@@ -261,17 +261,7 @@ class TransformerForecaster(BatchForecaster):
         return asdict(self.config)
 
 
-def transformer_config(cfg, n_features: int) -> TransformerConfig:
-    """The model a streamseq ``Config`` describes (normalisation weight shared with the RNN section)."""
-    t = cfg.transformer
-    return TransformerConfig(
-        context=t.context, d_model=t.d_model, heads=t.heads, layers=t.layers, ff=t.ff, dropout=t.dropout,
-        horizon=cfg.forecast.horizon, n_features=n_features, norm_alpha=cfg.rnn.norm_alpha,
-        scale=output_scale(cfg), seed=cfg.forecast.seed,
-    )
-
-
 __all__ = [
-    "TransformerConfig", "TransformerNet", "TransformerForecaster", "transformer_config",
-    "init_net", "norm_scale", "update_running_stats", "update_change_var", "target_scale", "output_scale",
+    "TransformerConfig", "TransformerNet", "TransformerForecaster",
+    "init_net", "norm_scale", "update_running_stats", "update_change_var", "target_scale",
 ]

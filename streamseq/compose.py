@@ -1,0 +1,164 @@
+"""The composition root: what a Config describes, built and wired in one place.
+
+``build_pipeline`` gives the pipeline of a replay or a worker; ``WorkerApp`` is a
+stream worker with everything it owns (transport, window store, registry watcher),
+opened and closed as one context manager; ``open_source`` the replay's file source.
+Commands, the demo, benchmarks and tests build through here, never piece by piece.
+Connectors are found by name through entry points (``streamseq.plugins``): the
+engine never imports them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from . import plugins
+from .config import Config
+from .models import NaiveForecaster, SeasonalNaiveForecaster, StatefulRNNForecaster
+from .models.base import BatchForecaster
+from .pipeline import Pipeline
+from .specs import rnn_config, season, torch_threads, transformer_config, window_spec
+from .threads import set_threads
+
+
+def build_model(cfg: Config, name: str, n_features: int) -> BatchForecaster:
+    H, m = cfg.forecast.horizon, season(cfg)
+    if name in ("gru", "lstm"):
+        return StatefulRNNForecaster(rnn_config(cfg, name, n_features))
+    if name == "naive":
+        return NaiveForecaster(H)
+    if name == "seasonal_naive":
+        return SeasonalNaiveForecaster(H, m)
+    if name == "snarimax":
+        from .models.river_baselines import SNARIMAXForecaster
+
+        return SNARIMAXForecaster(H, m)
+    if name == "holt_winters":
+        from .models.river_baselines import HoltWintersForecaster
+
+        return HoltWintersForecaster(H, m)
+    if name == "transformer":
+        from .models.transformer import TransformerForecaster
+
+        return TransformerForecaster(transformer_config(cfg, n_features))
+    raise ValueError(name)
+
+
+def build_pipeline(cfg: Config, value_cols: list[str] | None = None, clock=None,
+                   streaming: bool = False) -> Pipeline:
+    set_threads(torch_threads(cfg, streaming))
+    cols = value_cols or cfg.source.value_cols
+    spec = window_spec(cfg, cols)
+    models = [build_model(cfg, n, spec.n_features) for n in cfg.forecast.models]
+    return Pipeline(
+        spec, len(cols), models, cfg.forecast.horizon,
+        interval_level=cfg.forecast.interval_level, ensemble=cfg.forecast.ensemble, clock=clock,
+    )
+
+
+def open_source(cfg: Config, clock=None):
+    """The replay source of ``[source]``, validated (a missing file or column is an InputError)."""
+    from .clock import SystemClock
+    from .errors import InputError
+
+    s = cfg.source
+    if not s.files:
+        raise InputError("no input files: give FILE... or [source] files in the config")
+    replay_source = plugins.load("sources", "replay")
+    src = replay_source(
+        [cfg.resolve(f) for f in s.files], s.key_col, s.time_col, list(s.value_cols),
+        time_format=s.time_format or None, time_unit=s.time_unit, speed=s.speed or None,
+        start=s.start or None, end=s.end or None, chunk_rows=s.chunk_rows, clock=clock or SystemClock(),
+    )
+    src.validate()
+    return src
+
+
+def writer_id() -> str:
+    """A window-store writer name no other worker uses: host (pod) name, process id, random suffix."""
+    import re
+    import secrets
+    import socket
+
+    host = os.environ.get("HOSTNAME") or socket.gethostname()
+    return re.sub(r"[^A-Za-z0-9_.]", "_", f"{host}.{os.getpid()}.{secrets.token_hex(3)}")
+
+
+class WorkerApp:
+    """A stream worker and what it owns, as a context manager::
+
+        with WorkerApp(cfg) as app:
+            app.worker.run(stop)
+
+    Opening connects the transport (creating topics when ``[topics] create``), attaches
+    the window store (``[store] path``) and the registry watcher (``[registry] path``).
+    Closing leaves the group (the last checkpoint runs on revocation unless processing
+    failed), closes the producer, then flushes the store.
+    """
+
+    def __init__(self, cfg: Config, clock=None, transport: str = "kafka"):
+        self.cfg = cfg
+        self.clock = clock
+        self.transport_name = transport
+        self.pipeline = None
+        self.store = None
+        self.watcher = None
+        self.worker = None
+
+    def __enter__(self) -> WorkerApp:
+        try:
+            self.open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> WorkerApp:
+        from .metrics import Health, WorkerMetrics
+        from .worker import StreamWorker
+
+        cfg = self.cfg
+        self.pipeline = build_pipeline(cfg, value_cols=list(cfg.input.value_fields), clock=self.clock, streaming=True)
+        if cfg.store.path:
+            from .store import WindowStore
+
+            # Several workers may share one store volume: each writes files under its own name.
+            self.store = WindowStore.from_config(cfg, writer=writer_id())
+            self.pipeline.add_window_sink(self.store)
+        if cfg.registry.path:
+            from .hotswap import ModelWatcher
+            from .registry import ModelRegistry
+
+            self.watcher = ModelWatcher(ModelRegistry(cfg.resolve(cfg.registry.path)), self.pipeline)
+        transport = plugins.load("transports", self.transport_name)(cfg).open()
+        self.worker = StreamWorker(cfg, self.pipeline, transport, clock=self.clock, metrics=WorkerMetrics(),
+                                   health=Health(), watcher=self.watcher)
+        return self
+
+    def close(self) -> None:
+        try:
+            if self.worker is not None:
+                self.worker.close()
+        finally:
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+
+
+def open_trainer(cfg: Config, *, registry: bool = True):
+    """The trainer of ``[store]`` and ``[registry]`` (the store is required)."""
+    from .errors import ConfigError
+    from .registry import ModelRegistry
+    from .store import WindowStore
+    from .trainer import Trainer
+
+    if not cfg.store.path:
+        raise ConfigError("store.path", "a window store folder: the trainer trains on it")
+    return Trainer(cfg, WindowStore.from_config(cfg),
+                   ModelRegistry(cfg.resolve(cfg.registry.path)) if registry else None)
+
+
+log = logging.getLogger(__name__)
