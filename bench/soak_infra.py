@@ -107,7 +107,7 @@ def start_moto(log_dir: Path, bucket: str = "soak") -> MotoServer:
                                 stdout=open(log_dir / f"moto-{port}.log", "wb"), stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
 
-        def up():
+        def up(port=port, proc=proc):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=0.5).read()
                 return True
@@ -209,7 +209,7 @@ def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
     admin = AdminClient(_conf(bootstrap))
     futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
                                   operation_timeout=10, request_timeout=15)
-    for name, fut in futures.items():
+    for fut in futures.values():
         try:
             fut.result(timeout=20)
         except KafkaException as e:
