@@ -259,6 +259,8 @@ class Result:
     bad_dead_lettered: int = 0
     valid_dead_lettered: int = 0
     valid_dead_by_reason: dict = field(default_factory=dict)
+    hidden: int = 0  # forecast messages behind an open transaction (read_uncommitted only)
+    hidden_first: list = field(default_factory=list)
     wrong_keys: int = 0
     wrong_by_incarnation: dict = field(default_factory=dict)
     missing_by_partition: dict = field(default_factory=dict)
@@ -605,15 +607,20 @@ class Scenario:
         parts = list(range(PARTITIONS))
         ends = self.obs.to_end()
         deadline = time.monotonic() + (self.args.drain_s or self.sizes.drain_s)
-        committed = {}
-        t0 = time.monotonic()
+        committed: dict = {}
+        t0 = moved = time.monotonic()
         while time.monotonic() < deadline:
             self.supervise(1.0)
             try:
-                committed = si.committed_offsets(self.broker.bootstrap, self.group, self.topics["obs"], parts)
+                now = si.committed_offsets(self.broker.bootstrap, self.group, self.topics["obs"], parts)
             except Exception as e:  # noqa: BLE001 - the broker may be busy: ask again
                 log(f"committed offsets: {e}")
                 continue
+            if now != committed:
+                committed, moved = now, time.monotonic()
+            elif time.monotonic() - moved > self.args.stall_s:
+                self.event(f"committed offsets unchanged for {self.args.stall_s:.0f} s: giving up waiting")
+                break
             if all((committed.get(p) or 0) >= ends[p] for p in parts):
                 self.res.drained = True
                 self.res.drain_detail = f"committed = end {ends} after {time.monotonic() - t0:.1f} s"
@@ -647,6 +654,12 @@ class Scenario:
         for m in valid:
             self.key_partition.setdefault(m.key.decode(), m.partition)
         self.forecast_messages = si.read_topic(self.broker.bootstrap, self.topics["forecasts"], idle_s=2.0)
+        self.hidden = []  # forecast messages a read_committed reader cannot see (behind an open transaction)
+        if self.eos:
+            seen = {(m.partition, m.offset) for m in self.forecast_messages}
+            everything = si.read_topic(self.broker.bootstrap, self.topics["forecasts"], idle_s=2.0,
+                                       isolation="read_uncommitted")
+            self.hidden = [m for m in everything if (m.partition, m.offset) not in seen]
         self.dead_messages = si.read_topic(self.broker.bootstrap, self.topics["dlq"], idle_s=1.0)
         self.event(f"read {len(msgs):,} observations, {len(self.forecast_messages):,} forecast messages, "
                    f"{len(self.dead_messages):,} dead letters")
@@ -782,6 +795,15 @@ class Scenario:
                 if len(valid_seen) <= 5:
                     r.examples.append(f"dead-lettered valid record p{pos[0]}@{pos[1]} ({reason}): "
                                       f"{src.value.decode()[:120] if src else '?'}")
+        if getattr(self, "hidden", None):
+            firsts = {}
+            for m in sorted(self.hidden, key=lambda m: (m.partition, m.offset)):
+                firsts.setdefault(m.partition, m)
+            r.hidden = len(self.hidden)
+            for p, m in sorted(firsts.items()):
+                d = orjson.loads(m.value)
+                r.hidden_first.append(f"p{p}@{m.offset} ({d['key']} origin {d['origin']}) made by "
+                                      f"{self.owner_at(self.key_partition.get(d['key']), parse_ts(d['produced_at']))}")
         r.dead_letters = len(self.dead_messages)
         r.dead_by_reason = dict(reasons.most_common())
         r.bad_dead_lettered = len(bad_seen)
@@ -823,6 +845,11 @@ def report(r: Result) -> str:
         lines.append(f"   wrong forecasts: {r.wrong_keys} keys; the worker that made each key's first wrong one:")
         for who, what in list(r.wrong_by_incarnation.items())[:8]:
             lines.append(f"      {who}: {what}")
+    if r.hidden:
+        lines.append(f"   {r.hidden:,} forecast messages exist but stay invisible to read_committed readers "
+                     "(an open transaction); the first per partition:")
+        for h in r.hidden_first:
+            lines.append(f"      {h}")
     if r.missing_by_partition:
         lines.append(f"   missing by partition: {r.missing_by_partition}")
     for e in r.examples[:20]:
@@ -849,6 +876,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-rebalance", action="store_true")
     p.add_argument("--max-poll-records", type=int, help="worker max_poll_records (default 5000; rewind 500)")
     p.add_argument("--drain-s", type=float, help="longest wait for the workers to catch up")
+    p.add_argument("--stall-s", type=float, default=120.0,
+                   help="stop waiting for the drain when the committed offsets did not move for this long")
     p.add_argument("--max-unplanned", type=int, default=40)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--work-dir", help="default: a new folder under /tmp")
