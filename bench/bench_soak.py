@@ -264,6 +264,8 @@ class Result:
     wrong_keys: int = 0
     wrong_by_incarnation: dict = field(default_factory=dict)
     missing_by_partition: dict = field(default_factory=dict)
+    missing_origins: dict = field(default_factory=dict)  # origin -> missing forecasts (first 12 origins)
+    forecast_gaps: list = field(default_factory=list)  # unreadable offset ranges in the forecast topic
     examples: list = field(default_factory=list)
     harness_error: str = ""
 
@@ -755,6 +757,20 @@ class Scenario:
                  f"first wrong at origin {iso(first)}; {n:,} wrong forecasts of these keys in all"
             for who, (n, keys, first) in sorted(by_inc.items(), key=lambda x: -len(x[1][1]))}
         r.missing_by_partition = dict(Counter(self.key_partition.get(k, -1) for k, _, _ in missing_ids))
+        if missing_ids:
+            by_origin = Counter(o for _, o, _ in missing_ids)
+            r.missing_origins = {iso(o): n for o, n in sorted(by_origin.items())[:12]}
+        # Offsets the broker handed out but nobody can read: a batch lost by the broker, not the worker
+        # (without transactions the worker's offsets are contiguous; a transaction adds one marker).
+        step = 2 if self.eos else 1
+        last: dict = {}
+        for m in sorted(self.forecast_messages, key=lambda m: (m.partition, m.offset)):
+            prev = last.get(m.partition)
+            if prev is not None and m.offset - prev.offset > step:
+                d0, d1 = orjson.loads(prev.value), orjson.loads(m.value)
+                r.forecast_gaps.append(f"p{m.partition}: offsets {prev.offset + 1}..{m.offset - 1} unreadable, between "
+                                       f"forecasts made at {d0['produced_at'][11:23]} and {d1['produced_at'][11:23]}")
+            last[m.partition] = m
         for fid in sorted(wrong_ids, key=lambda f: (f[1], f[0]))[:8]:
             bad = next(c for c in live[fid] if c.values() != expected[fid])
             want = expected[fid]
@@ -851,7 +867,11 @@ def report(r: Result) -> str:
         for h in r.hidden_first:
             lines.append(f"      {h}")
     if r.missing_by_partition:
-        lines.append(f"   missing by partition: {r.missing_by_partition}")
+        lines.append(f"   missing by partition: {r.missing_by_partition}; by origin: {r.missing_origins}")
+    if r.forecast_gaps:
+        lines.append(f"   {len(r.forecast_gaps)} gap(s) in the forecast topic's offsets:")
+        for g in r.forecast_gaps[:6]:
+            lines.append(f"      {g}")
     for e in r.examples[:20]:
         lines.append(f"   {e}")
     misses = r.misses()
