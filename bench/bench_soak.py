@@ -776,9 +776,8 @@ class Scenario:
             want = expected[fid]
             r.examples.append(
                 f"wrong   {fid[0]} (p{self.key_partition.get(fid[0])}) origin {iso(fid[1])} {fid[2]}: "
-                f"mean[0:2] expected {_fmt(want[1][:2])} got {_fmt(bad.means[:2])}"
-                + ("" if bad.version == want[0] else f", version {bad.version} != {want[0]}")
-                + f"; made by {self.owner_at(self.key_partition.get(fid[0]), bad.produced_ns)}")
+                f"mean[0:2] expected {_fmt(want[1][:2])} got {_fmt(bad.means[:2])}; first difference "
+                f"{_first_difference(want, bad.values())}; made by {self.owner_at(self.key_partition.get(fid[0]), bad.produced_ns)}")
         for fid in sorted(missing_ids, key=lambda f: (f[1], f[0]))[:5]:
             r.examples.append(f"missing {fid[0]} (p{self.key_partition.get(fid[0])}) origin {iso(fid[1])} {fid[2]}")
         for fid in sorted(unexpected, key=lambda f: (f[1], f[0]))[:5]:
@@ -786,8 +785,10 @@ class Scenario:
             r.examples.append(f"unexpected {fid[0]} (p{self.key_partition.get(fid[0])}) origin {iso(fid[1])} "
                               f"{fid[2]} v{c.version}; made by {self.incarnation_at(c.produced_ns)}")
         for fid in [f for f in dups if not all(c.values() == live[f][0].values() for c in live[f])][:3]:
-            r.examples.append(f"copies differ {fid[0]} origin {iso(fid[1])} {fid[2]}: "
-                              + " vs ".join(_fmt(c.means[:2]) for c in live[fid]))
+            cs = live[fid]
+            other = next(c for c in cs if c.values() != cs[0].values())
+            r.examples.append(f"copies differ {fid[0]} origin {iso(fid[1])} {fid[2]} ({len(cs)} copies): first "
+                              f"difference {_first_difference(cs[0].values(), other.values())}")
         # dead letters: by the position of the original record in the observation topic
         obs_at = {(m.partition, m.offset): m for m in self.obs_messages}
         reasons, valid_reasons = Counter(), Counter()
@@ -829,6 +830,19 @@ class Scenario:
 
 class HarnessError(RuntimeError):
     pass
+
+
+def _first_difference(want: tuple, got: tuple) -> str:
+    """Where two (version, means, los, his) first differ, e.g. 'hi[7]: 51.2 vs 50.9'."""
+    if want[0] != got[0]:
+        return f"version: {want[0]} vs {got[0]}"
+    for name, a, b in zip(("mean", "lo", "hi"), want[1:], got[1:]):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return f"{name}[{i}]: {x!r} vs {y!r}"
+        if len(a) != len(b):
+            return f"{name}: {len(a)} vs {len(b)} steps"
+    return "none"
 
 
 def _fmt(xs) -> str:
