@@ -116,7 +116,7 @@ class Stream:
 
 def make_stream(work: Path, sizes: Sizes, seed: int, python: str) -> Stream:
     raw = work / "generated.parquet"
-    cmd = [python, "-m", "streamseq.synthetic", "--keys", str(sizes.keys), "--windows", str(sizes.windows),
+    cmd = [python, "-m", "streamseq", "generate", "--keys", str(sizes.keys), "--windows", str(sizes.windows),
            "--obs-per-window", str(sizes.per_window), "--seed", str(seed), "--out", str(raw)]
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, timeout=300)
     df = pl.read_parquet(raw).with_columns(pl.col("ts").dt.epoch("ns").alias("t"))
