@@ -425,7 +425,7 @@ def test_registry_artifacts_fuzzed(tmp_path):
     marker = tmp_path / "pwned"
     params = json.loads(originals["config.json"])["params"]
     odd = [None, True, -1, 0, 2**70, 1.5, float("nan"), "x", [], {}, "8", 10**6, 2**14 + 1]
-    for i in range(150):
+    for _ in range(150):
         target = rng.choice(["weights.safetensors", "config.json", "meta.json", "PROMOTED"])
         path = reg.path / "transformer" / "PROMOTED" if target == "PROMOTED" else where / target
         data = promoted if target == "PROMOTED" else originals[target]
