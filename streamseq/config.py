@@ -118,6 +118,10 @@ class TransformerSection:
     epochs: int = 3
     batch_size: int = 256
     lr: float = 0.001
+    early_stop: bool = True  # stop when the held-out MAE stops improving; keep the best epoch's weights
+    patience: int = 2  # epochs without a better held-out MAE before stopping
+    final_epochs: int = 1  # after the gate accepts: passes over every sample, held-out ones included
+    baseline: str = "blend"  # the output corrects the naive/seasonal-naive blend ("none": the last value)
 
 
 @dataclass

@@ -67,7 +67,8 @@ class RegistryError(UsageError):
 
 # Settings an artifact must share with the model it replaces (the rest only affect training).
 SHAPE_KEYS = {
-    "transformer": ("context", "d_model", "heads", "layers", "ff", "horizon", "n_features", "scale"),
+    "transformer": ("context", "d_model", "heads", "layers", "ff", "horizon", "n_features", "scale", "season",
+                    "baseline"),
     "rnn": ("cell", "hidden", "horizon", "n_features", "target", "normalize", "season", "calendar"),
 }
 

@@ -74,7 +74,8 @@ def transformer_config(cfg: Config, n_features: int):
     return TransformerConfig(
         context=t.context, d_model=t.d_model, heads=t.heads, layers=t.layers, ff=t.ff, dropout=t.dropout,
         horizon=cfg.forecast.horizon, n_features=n_features, norm_alpha=cfg.rnn.norm_alpha,
-        scale=output_scale(cfg), seed=cfg.forecast.seed,
+        scale="level" if t.baseline == "blend" else output_scale(cfg), seed=cfg.forecast.seed,
+        season=season(cfg), baseline=t.baseline,
     )
 
 

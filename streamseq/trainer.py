@@ -58,28 +58,53 @@ def forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return net(x)
 
 
-def predict(net: nn.Module, X: np.ndarray, batch: int = 4096) -> np.ndarray:
-    """(N, H) normalised deltas for samples X."""
+def predict(net: nn.Module, X: np.ndarray, batch: int = 4096, unit: bool = False) -> np.ndarray:
+    """(N, H) normalised deltas for samples X; with ``unit`` also (N, 1) each sample's loss unit."""
     net.eval()
-    out = []
+    out, units = [], []
     with torch.no_grad():
         for i in range(0, len(X), batch):
-            out.append(forward(net, torch.from_numpy(X[i:i + batch])).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+            x = torch.from_numpy(X[i:i + batch])
+            out.append(forward(net, x).numpy())
+            if unit:
+                units.append(loss_unit(net, x).numpy())
+    pred = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    if unit:
+        return pred, (np.concatenate(units) if units else np.ones((0, 1), np.float32))
+    return pred
 
 
-def masked_mae(pred: np.ndarray, Y: np.ndarray) -> float:
+def loss_unit(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(B, 1) unit a sample's errors are measured in (the net's local scale where it has one)."""
+    f = getattr(net, "loss_scale", None)
+    return f(x) if f is not None else x.new_ones((x.shape[0], 1))
+
+
+def masked_mae(pred: np.ndarray, Y: np.ndarray, unit: np.ndarray | None = None) -> float:
     m = ~np.isnan(Y)
-    return float(np.abs(pred[m] - Y[m]).mean()) if m.any() else float("nan")
+    err = np.abs(pred - Y) if unit is None else np.abs(pred - Y) / unit
+    return float(err[m].mean()) if m.any() else float("nan")
 
 
 def fit(net: nn.Module, X: np.ndarray, Y: np.ndarray, *, epochs: int, batch_size: int, lr: float,
-        seed: int, clip: float = 1.0) -> float:
-    """Adam on the masked smooth-L1 loss; deterministic for a seed. Returns the last epoch's mean loss."""
+        seed: int, clip: float = 1.0, X_val: np.ndarray | None = None, Y_val: np.ndarray | None = None,
+        patience: int = 1) -> float:
+    """Adam on the masked smooth-L1 loss in each sample's unit (``loss_unit``); deterministic for a seed.
+
+    With held-out samples: after each epoch their MAE is measured, training stops once it has not
+    improved for ``patience`` epochs, and the best epoch's weights are kept. Returns the kept epoch's
+    mean training loss."""
     torch.manual_seed(seed)  # dropout
     gen = torch.Generator().manual_seed(seed)  # shuffling
     Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
+    with torch.no_grad():
+        Ut = torch.cat([loss_unit(net, c) for c in Xt.split(4096)]) if len(Xt) else torch.ones((0, 1))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
+    early = X_val is not None and Y_val is not None and len(X_val) > 0
+    best, best_state, best_loss, stale = float("inf"), None, float("nan"), 0
+    if early:
+        best = _val_mae(net, X_val, Y_val)  # the starting weights (warm start) are a candidate too
+        best_state = {k: v.clone() for k, v in net.state_dict().items()}
     loss_sum, batches = float("nan"), 0
     for _ in range(epochs):
         net.train()
@@ -91,16 +116,35 @@ def fit(net: nn.Module, X: np.ndarray, Y: np.ndarray, *, epochs: int, batch_size
             m = ~torch.isnan(y)
             if not m.any():
                 continue
+            u = Ut[idx].expand_as(y)
             pred = forward(net, Xt[idx])  # (B, H)
-            loss = nn.functional.smooth_l1_loss(pred[m], y[m])
+            loss = nn.functional.smooth_l1_loss(pred[m] / u[m], y[m] / u[m])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), clip)
             opt.step()
             loss_sum += float(loss.detach())
             batches += 1
+        if early:
+            v = _val_mae(net, X_val, Y_val)
+            if v < best:
+                best, best_state, best_loss, stale = v, {k: t.clone() for k, t in net.state_dict().items()}, \
+                    loss_sum / max(batches, 1), 0
+            else:
+                stale += 1
+                if stale >= patience:
+                    break
+    if early and best_state is not None:
+        net.load_state_dict(best_state)
+        net.eval()
+        return best_loss if np.isfinite(best_loss) else loss_sum / max(batches, 1)
     net.eval()
     return loss_sum / max(batches, 1)
+
+
+def _val_mae(net: nn.Module, X: np.ndarray, Y: np.ndarray) -> float:
+    pred, unit = predict(net, X, unit=True)
+    return masked_mae(pred, Y, unit)
 
 
 # -- schedule -------------------------------------------------------------------
@@ -299,7 +343,9 @@ class Trainer:
             net.load_state_dict(init)
         tc = self.cfg.transformer
         t0 = time.perf_counter()
-        loss = fit(net, data.X_train, data.Y_train, epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr, seed=seed)
+        loss = fit(net, data.X_train, data.Y_train, epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr, seed=seed,
+                   X_val=data.X_val if tc.early_stop else None, Y_val=data.Y_val if tc.early_stop else None,
+                   patience=tc.patience)
         meta = {"train_loss": loss, "epochs": tc.epochs, "seed": seed, "warm_start": init is not None,
                 "train_seconds": round(time.perf_counter() - t0, 3)}
         return Candidate("transformer", net, artifact_config("transformer", params), meta)
@@ -330,8 +376,9 @@ class Trainer:
         inc = incumbent.net if isinstance(incumbent, Candidate) else incumbent
         if len(X_val) == 0:
             return False, {"val_samples": 0, "reason": "no held-out windows"}
-        c_mae = masked_mae(predict(cand, X_val), Y_val)
-        i_mae = masked_mae(predict(inc, X_val), Y_val)
+        c_pred, unit = predict(cand, X_val, unit=True)  # both in the candidate's units
+        c_mae = masked_mae(c_pred, Y_val, unit)
+        i_mae = masked_mae(predict(inc, X_val), Y_val, unit)
         need = i_mae * (1 - self.cfg.trainer.min_improvement)
         accepted = bool(np.isfinite(c_mae) and np.isfinite(i_mae) and c_mae < need)
         return accepted, {"val_mae": c_mae, "incumbent_val_mae": i_mae, "val_samples": int(len(X_val)),
@@ -405,6 +452,10 @@ class Trainer:
         init = inc_net.state_dict() if self.cfg.trainer.warm_start else None
         cand = self.train_transformer(data, init=init, seed=seed)
         accepted, metrics = self.gate(cand, inc_net, data.X_val, data.Y_val)
+        tc = self.cfg.transformer
+        if accepted and tc.final_epochs:  # the newest windows (held out for the gate) are the most telling
+            fit(cand.net, np.concatenate([data.X_train, data.X_val]), np.concatenate([data.Y_train, data.Y_val]),
+                epochs=tc.final_epochs, batch_size=tc.batch_size, lr=tc.lr * 0.5, seed=seed + 1)
         return self._publish(name, cand, metrics, accepted, inc_version, data.info)
 
     def _publish(self, name, cand, metrics, accepted, inc_version, info) -> Outcome:

@@ -241,3 +241,16 @@ def test_predict_and_mae():
     Y = np.array([[1.0, np.nan], [0.0, 2.0]], np.float32)
     assert masked_mae(np.array([[2.0, 5.0], [0.0, 0.0]]), Y) == pytest.approx(1.0)
     assert predict(torch.nn.Linear(1, 1), np.zeros((0, 1), np.float32)).shape == (0, 0)
+
+
+def test_early_stop_keeps_the_best_held_out_weights(trained):
+    """With held-out samples, fit never returns weights worse on them than the ones it started from."""
+    from streamseq.trainer import _val_mae, fit
+
+    trainer = trained[3]
+    data = trainer.samples("transformer")
+    net = trainer.init_net("transformer")
+    start = _val_mae(net, data.X_val, data.Y_val)
+    fit(net, data.X_train, data.Y_train, epochs=3, batch_size=64, lr=0.5, seed=0,  # lr far too high
+        X_val=data.X_val, Y_val=data.Y_val, patience=1)
+    assert _val_mae(net, data.X_val, data.Y_val) <= start

@@ -1,6 +1,8 @@
 """Transformer forecaster: naive at init, batched and pure, per-key state, normalisation shared with the RNN."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -58,7 +60,7 @@ def test_forecast_is_pure_and_batch_invariant(threads):
 
 
 def test_last_block_shortcut_is_exact():
-    net = init_net(SMALL).eval()
+    net = init_net(dataclasses.replace(SMALL, baseline="none")).eval()
     x = torch.randn(10, 8, 3)
     x[:3, :5] = float("nan")
     with torch.no_grad():
@@ -137,6 +139,8 @@ def test_config_and_pipeline():
     tc = transformer_config(cfg, 1)
     assert (tc.context, tc.horizon, tc.seed, tc.norm_alpha, tc.scale) == (6, 2, 3, cfg.rnn.norm_alpha, "level")
     cfg.kind = "price"
+    assert transformer_config(cfg, 1).scale == "level"  # the blend baseline works in the level's units
+    cfg.transformer.baseline = "none"
     assert transformer_config(cfg, 1).scale == "change"  # rnn.scale = "auto", as the RNN
     assert build_model(cfg, "transformer", 1).name == "transformer"
     pipe = build_pipeline(cfg)
@@ -149,3 +153,44 @@ def test_config_and_pipeline():
     pipe.run(MemoryPartition([ObservationBatch(keys, ts, vals, np.zeros(20, np.int32), np.arange(20))]))
     tf = [b for b in sink.batches if b.model == "transformer"]
     assert len(tf) == 10 and all(b.model_version == "init" and np.isfinite(b.mean).all() for b in tf)
+
+
+def seasonal_forecaster(season, n_keys, steps, values):
+    cfg = TransformerConfig(context=24, d_model=16, heads=2, layers=1, ff=32, horizon=6, n_features=1, season=season)
+    m = TransformerForecaster(cfg)
+    m.ensure_capacity(n_keys)
+    slots = np.arange(n_keys)
+    for t in range(steps):
+        m.update(slots, values(t)[:, None], np.zeros(n_keys, bool))
+    return m, slots
+
+
+def test_untrained_blend_follows_the_season_where_it_repeats():
+    """A pure seasonal pattern: the untrained net forecasts the seasonal naive; a random walk: about naive."""
+    pattern = np.array([0.0, 5.0, -3.0, 8.0])
+    m, slots = seasonal_forecaster(4, 3, 30, lambda t: 100 + 10 * np.arange(3) + pattern[t % 4])
+    f = m.forecast(slots)
+    expect = 100 + 10 * np.arange(3)[:, None] + pattern[(30 + np.arange(6)) % 4][None, :]
+    assert np.abs(f - expect).max() < 0.5  # the net's correction is small; the blend puts ~all weight on the season
+    rng = np.random.default_rng(0)
+    walk = np.cumsum(rng.normal(size=(40, 50)), axis=0)
+    m, slots = seasonal_forecaster(4, 50, 40, lambda t: walk[t])
+    f = m.forecast(slots)
+    naive_err = np.abs(f[:, 0] - walk[-1]).mean()
+    seasonal_err = np.abs(f[:, 0] - walk[-4]).mean()
+    assert naive_err < 0.5 * seasonal_err  # step 1 of a random walk leans on the last value
+
+
+def test_blend_baseline_reads_the_context_only():
+    """The baseline and local scale of a sample depend on its own context (per sample, no padding)."""
+    cfg = TransformerConfig(context=8, d_model=8, heads=2, layers=1, ff=8, horizon=3, n_features=1, season=2)
+    net = init_net(cfg).eval()
+    x = torch.randn(5, 8, 2)
+    x[:2, :3] = float("nan")
+    base, scale = net.baseline(x)
+    assert base.shape == (5, 3) and scale.shape == (5, 1) and torch.isfinite(base).all()
+    y = x.clone()
+    y[2:, :2] = float("nan")  # shorter contexts for the other samples change theirs only
+    assert torch.equal(net.baseline(y)[0][:2], base[:2])
+    with torch.no_grad():
+        assert torch.equal(net(x[2:]), net(x)[2:])

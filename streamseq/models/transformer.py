@@ -16,12 +16,18 @@ Per-key state lives in arena arrays indexed by slot, like the RNN path:
   so both paths normalise a key the same way.
 
 ``update`` only pushes a window (no model call); ``forecast`` runs ONE encoder
-call for every key of the step. Like the RNN's ``"delta"`` target, the output
-is a change from the last value in the RNN's unit (``scale``: the level's
-std, or sqrt(j) one-window changes for prices), and the
-head starts near zero, so an untrained network forecasts about the naive
-value. The transformer does not learn in the stream: the trainer retrains it
-on the window store and the worker hot-swaps the weights (``load_weights``).
+call for every key of the step. The output is a change from the last value in
+the level's unit (``scale``). With ``baseline = "blend"`` (the default) the
+network is a global model for many short series: from each sample's own
+context it computes a local scale (the mean one-window change) and a baseline
+per step (naive and seasonal naive blended by their in-context errors), reads
+the target as the change from its newest value in that local scale, and
+predicts a correction to the baseline in that scale; the head starts near
+zero, so an untrained network forecasts the blend. With ``"none"`` it is the
+older form (a change from the last value, naive at init). The transformer does
+not learn in the stream: the trainer retrains it on the window store (early
+stop on the held-out windows, warm start from the weights in service) and the
+worker hot-swaps the weights (``load_weights``).
 
 A sample is a tensor (B, L, F+1) of normalised windows; rows that are all NaN
 are padding. The store's training samples and the stream use that one
@@ -70,6 +76,8 @@ class TransformerConfig:
     norm_alpha: float = 0.01  # floor of the running-statistics weight (same as the RNN's)
     scale: str = "level"  # output unit, as the RNN's: "level" std, or "change": sqrt(j) one-window changes
     seed: int = 0
+    season: int = 1  # m, windows per season (1 = none): the seasonal-naive lag of the baseline
+    baseline: str = "blend"  # "blend": a correction to the naive/seasonal-naive blend in local units | "none"
 
     def __post_init__(self):
         if self.d_model % self.heads:
@@ -78,6 +86,12 @@ class TransformerConfig:
             raise ValueError("transformer sizes must be positive")
         if self.scale not in ("level", "change"):
             raise ValueError(f"scale must be 'level' or 'change', got {self.scale!r}")
+        if self.baseline not in ("blend", "none"):
+            raise ValueError(f"baseline must be 'blend' or 'none', got {self.baseline!r}")
+        if self.baseline == "blend" and self.scale != "level":
+            raise ValueError("baseline 'blend' works in the level's units: scale must be 'level'")
+        if self.season < 1:
+            raise ValueError(f"season must be >= 1, got {self.season}")
 
     @classmethod
     def from_dict(cls, d: dict) -> TransformerConfig:
@@ -147,19 +161,71 @@ class TransformerNet(nn.Module):
         self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.layers))
         self.norm = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.horizon)
-        nn.init.normal_(self.head.weight, std=0.01)  # untrained ≈ naive
+        nn.init.normal_(self.head.weight, std=0.01)  # untrained ≈ the baseline (naive with baseline "none")
         nn.init.zeros_(self.head.bias)
+        H, m = config.horizon, max(1, config.season)
+        j = torch.arange(1, H + 1)
+        self.register_buffer("slag", m * ((j + m - 1) // m), persistent=False)  # seasonal-naive lag of step j
+
+    def baseline(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H) baseline deltas from the newest value and (B, 1) local scale, both in the input's units.
+
+        From the context alone (so per-sample and leak-free): D[k] = mean |z_t - z_(t-k)| over the context's
+        real pairs is the in-sample error of a k-step naive forecast; step j blends naive (error D[j]) and
+        seasonal naive (D[lag_j]) with inverse-square-error weights; the scale is D[1]."""
+        z = x[..., 0]
+        B, L = z.shape
+        H = self.config.horizon
+        real = ~torch.isnan(z)
+        real[:, -1] = True
+        zf = torch.nan_to_num(z, nan=0.0)
+        lags = torch.unique(torch.cat([torch.arange(1, H + 1, device=z.device), self.slag])).tolist()
+        D = torch.full((B, int(max(lags)) + 1), float("nan"), dtype=z.dtype, device=z.device)
+        for k in lags:
+            if k >= L:
+                continue
+            both = real[:, k:] & real[:, :-k]
+            cnt = both.sum(1)
+            dif = (zf[:, k:] - zf[:, :-k]).abs() * both
+            D[:, k] = torch.where(cnt >= 2, dif.sum(1) / cnt.clamp_min(1), torch.full_like(cnt, float("nan"), dtype=z.dtype))
+        scale = torch.nan_to_num(D[:, 1:2], nan=1.0).clamp_min(0.02)  # (B, 1)
+        last = zf[:, -1:]
+        j = torch.arange(1, H + 1, device=z.device)
+        spos = (L - 1) + j - self.slag  # (H,) context position of step j's seasonal-naive value
+        if self.config.season > 1 and bool((spos >= 0).any()):
+            sval = zf[:, spos.clamp_min(0)]  # (B, H)
+            have = real[:, spos.clamp_min(0)] & (spos >= 0)[None, :]
+            dn = torch.nan_to_num(D[:, j.clamp_max(D.shape[1] - 1)], nan=float("inf"))  # naive error of step j
+            ds = D[:, self.slag]
+            w = (dn * dn / (dn * dn + ds * ds)).nan_to_num(nan=0.0)  # inf naive error (unknown) -> nan -> 0
+            w = torch.where(have & torch.isfinite(ds) & (ds + dn > 0), w, torch.zeros_like(w))
+            base = w * (sval - last)
+        else:
+            base = zf.new_zeros((B, H))
+        return base, scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, L, F+1) normalised windows, all-NaN rows = padding -> (B, H) scaled deltas."""
         pad = torch.isnan(x[..., 0])  # (B, L)
         pad[:, -1] = False  # the newest window is always real (guards an empty context)
+        blend = self.config.baseline == "blend"
+        if blend:  # the target in local units: change from the newest value over the context's one-step error
+            base, scale = self.baseline(x)
+            x = torch.cat([((x[..., :1] - torch.nan_to_num(x[:, -1:, :1])) / scale[:, :, None]).clamp(-CLIP, CLIP),
+                           x[..., 1:]], dim=2)
         h = self.inp(torch.nan_to_num(x, nan=0.0)) + self.pos[-x.shape[1]:]  # (B, L, d)
         keep = ~pad[:, None, None, :]  # (B, 1, 1, L): attend to real windows only
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             h = block(h, keep, last_only=i == last)  # only the newest position feeds the head
-        return self.head(self.norm(h[:, -1]))  # (B, H)
+        out = self.head(self.norm(h[:, -1]))  # (B, H)
+        return base + scale * out if blend else out
+
+    def loss_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1) unit of a sample's training loss: its local scale (every key weighs the same), or 1."""
+        if self.config.baseline != "blend":
+            return x.new_ones((x.shape[0], 1))
+        return self.baseline(x)[1]
 
 
 def init_net(config: TransformerConfig) -> TransformerNet:
