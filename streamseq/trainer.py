@@ -52,6 +52,7 @@ from .timeutil import iso, parse_duration
 log = logging.getLogger(__name__)
 
 TRAINABLE = ("transformer", "gru", "lstm")
+EARLY_STOP_SAMPLES = 2048  # held-out samples the early stop measures after each epoch at most
 # -- nets on samples ------------------------------------------------------------
 def forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The transformer on (B, L, F+1) samples (GRU/LSTM train on windows in order: models/rnn_fit.py)."""
@@ -101,6 +102,9 @@ def fit(net: nn.Module, X: np.ndarray, Y: np.ndarray, *, epochs: int, batch_size
         Ut = torch.cat([loss_unit(net, c) for c in Xt.split(4096)]) if len(Xt) else torch.ones((0, 1))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     early = X_val is not None and Y_val is not None and len(X_val) > 0
+    if early and len(X_val) > EARLY_STOP_SAMPLES:  # an evenly spread subset: the stopping signal, not the gate
+        pick = np.linspace(0, len(X_val) - 1, EARLY_STOP_SAMPLES).astype(np.int64)
+        X_val, Y_val = X_val[pick], Y_val[pick]
     best, best_state, best_loss, stale = float("inf"), None, float("nan"), 0
     if early:
         best = _val_mae(net, X_val, Y_val)  # the starting weights (warm start) are a candidate too
