@@ -74,6 +74,20 @@ def open_source(cfg: Config, clock=None):
     return src
 
 
+# [kafka] client -> the transport's entry point name (streamseq.transports).
+CLIENT_TRANSPORTS = {"kafka-python": "kafka", "confluent": "confluent"}
+
+
+def transport_name(cfg: Config) -> str:
+    """The transport ``[kafka] client`` names: kafka-python (the default) or confluent (librdkafka)."""
+    from .errors import ConfigError
+
+    client = cfg.kafka.get("client", "kafka-python")
+    if client not in CLIENT_TRANSPORTS:
+        raise ConfigError("kafka.client", f"one of {', '.join(map(repr, CLIENT_TRANSPORTS))}, got {client!r}")
+    return CLIENT_TRANSPORTS[client]
+
+
 def writer_id() -> str:
     """A window-store writer name no other worker uses: host (pod) name, process id, random suffix."""
     import re
@@ -96,10 +110,10 @@ class WorkerApp:
     failed), closes the producer, then flushes the store.
     """
 
-    def __init__(self, cfg: Config, clock=None, transport: str = "kafka"):
+    def __init__(self, cfg: Config, clock=None, transport: str | None = None):
         self.cfg = cfg
         self.clock = clock
-        self.transport_name = transport
+        self.transport_name = transport or transport_name(cfg)
         self.pipeline = None
         self.store = None
         self.watcher = None
