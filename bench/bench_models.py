@@ -52,7 +52,9 @@ import torch
 
 from streamseq import config as ss_config
 from streamseq.compose import build_pipeline
+from streamseq.grid import FixedGrid
 from streamseq.models import RNNConfig, StatefulRNNForecaster
+from streamseq.models.features import calendar_periods
 from streamseq.models.river_baselines import SNARIMAXForecaster
 from streamseq.records import ObservationBatch
 from streamseq.synthetic import generate
@@ -65,6 +67,7 @@ DEFAULT_THREADS = 2  # the issue asks for set_threads(2); --threads overrides
 SEASON = 24
 INTERVAL_NS = 3600 * 10**9
 START_NS = 1_704_067_200 * 10**9  # 2024-01-01 UTC, generate()'s default start
+WID0 = START_NS // INTERVAL_NS  # id of the first window
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # Targets from the issue.
@@ -120,8 +123,12 @@ def machine() -> dict:
             "loadavg_start": os.getloadavg()[0]}
 
 
-def rnn(cell: str, learn: bool) -> StatefulRNNForecaster:
-    return StatefulRNNForecaster(RNNConfig(cell=cell, hidden=HIDDEN, horizon=H, tbptt=TBPTT, learn=learn))
+def rnn(cell: str, learn: bool, **kw) -> StatefulRNNForecaster:
+    """The model an hourly stream with a daily season gets (factory.rnn_config): seasonal lags, calendar."""
+    m = StatefulRNNForecaster(RNNConfig(cell=cell, hidden=HIDDEN, horizon=H, tbptt=TBPTT, learn=learn,
+                                        season=SEASON, calendar=",".join(calendar_periods(INTERVAL_NS)), **kw))
+    m.bind_grid(FixedGrid(INTERVAL_NS))
+    return m
 
 
 def pipeline_config(learn: bool, threads: int):
@@ -148,12 +155,12 @@ def run_batched(model, values: np.ndarray, warmup: int, rounds: int) -> Iterator
     x = values[:, :, None]  # (W, K, 1)
     model.ensure_capacity(K)
     for w in range(warmup):
-        model.update(slots, x[w], filled)
+        model.update(slots, x[w], filled, WID0 + w)
         model.forecast(slots)
     for a, b in cuts(warmup, W, rounds):
         t0 = time.perf_counter()
         for w in range(a, b):
-            model.update(slots, x[w], filled)
+            model.update(slots, x[w], filled, WID0 + w)
             model.forecast(slots)
         yield time.perf_counter() - t0, (b - a) * K
 
@@ -169,7 +176,7 @@ def run_per_key(model, values: np.ndarray, warmup: int, rounds: int) -> Iterator
     def windows(a: int, b: int) -> None:
         for w in range(a, b):
             for k in range(K):
-                model.update(one[k], x[w, k:k + 1], filled)
+                model.update(one[k], x[w, k:k + 1], filled, WID0 + w)
                 model.forecast(one[k])
 
     windows(0, warmup)
@@ -390,8 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     if interval_field:
         for every in (1, 4):
             name = f"gru_batched_learn_every{every}"
-            m = StatefulRNNForecaster(RNNConfig(hidden=HIDDEN, horizon=H, tbptt=TBPTT, learn=True,
-                                                **{interval_field: every}))
+            m = rnn("gru", True, **{interval_field: every})
             runners[name] = run_batched(m, values, sz.warmup, sz.rounds)
             scope[name] = (K, W - sz.warmup, False)
     else:

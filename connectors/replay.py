@@ -101,7 +101,10 @@ def _decode_json_lines(lines: pl.Series, dtype: pl.Struct) -> tuple[pl.DataFrame
     until the bad lines are alone, so the cost is per bad line, not per line.
     """
     try:
-        return lines.str.json_decode(dtype).struct.unnest(), {}
+        out = lines.str.json_decode(dtype).struct.unnest()
+        # polars parses the lines as one array: a quote left open in one line swallows the next
+        if out.height == len(lines):
+            return out, {}
     except pl.exceptions.PolarsError:
         pass
     if len(lines) == 1:

@@ -58,7 +58,7 @@ def run_backtest(cfg: Config, out_dir: str | os.PathLike, *, progress: bool | No
     pipe.add_sink(sink)
     pipe.add_dead_letter_sink(dead)
     retrainer = None
-    if cfg.trainer.every_windows > 0 or cfg.trainer.every:
+    if cfg.trainer.every_windows > 0 or cfg.trainer.every or cfg.trainer.fit_first > 0:
         # The trainer's schedule runs in event time: the backtest shows what retraining would have done live.
         from .hotswap import attach_retraining
 

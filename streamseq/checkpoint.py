@@ -32,7 +32,7 @@ from .errors import ConfigError, StreamseqError
 from .pipeline import Pipeline
 from .ports import GroupPartition, Transport
 from .records import MAX_KEY_BYTES
-from .state_codec import decode_keys, encode_keys
+from .state_codec import MAX_EVENT_NS, decode_keys, encode_keys
 
 log = logging.getLogger("streamseq.checkpoint")
 
@@ -172,14 +172,15 @@ class Checkpoint:
         records = self.changelog.restore(sorted({self.part.kafka_partition(self.part.partition_id(tp))
                                                  for tp in tps}))
         if records:
-            keys, state = decode_keys(records)
+            keys, state = decode_keys(records, self.pipeline.state_template())
             fresh = [i for i, k in enumerate(keys) if k not in self.pipeline.keys]
             if len(fresh) < len(keys):
                 keys, state = _subset(keys, state, fresh)
             if keys:
                 committed = {self.part.partition_id(tp): int(off) for tp, (off, _) in commits.items()
                              if off is not None}
-                self.pipeline.restore_keys(keys, state, partitioned_time=True, committed=committed)
+                self.pipeline.restore_keys(keys, state, partitioned_time=True, committed=committed,
+                                           partitions={self.part.partition_id(tp) for tp in tps})
             restored = len(keys)
         for tp, (_, clock) in commits.items():  # stream time at the committed offset
             if clock is not None:
@@ -233,14 +234,20 @@ def parse_clock(meta: str, where="") -> dict | None:
         return None
     try:
         doc = json.loads(meta)
-        if doc.get("format") != CLOCK_METADATA or not isinstance(doc.get("st"), int):
+        # Any member of the group can commit metadata: only event times a worker could have written.
+        if doc.get("format") != CLOCK_METADATA or not _event_time(doc.get("st")):
             raise ValueError("not a streamseq clock")
         jump = doc.get("jump")
-        ok_jump = isinstance(jump, list) and len(jump) == 3 and all(isinstance(x, (int, bool)) for x in jump)
+        ok_jump = (isinstance(jump, list) and len(jump) == 3 and _event_time(jump[0]) and type(jump[1]) is int
+                   and 0 <= jump[1] < 2**31 and type(jump[2]) is bool)
         return {"st": doc["st"], **({"jump": jump} if ok_jump else {})}
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError, RecursionError):
         log.warning("offset metadata of %s is not a streamseq clock; its stream time restarts", where)
         return None
+
+
+def _event_time(x) -> bool:
+    return type(x) is int and 0 <= x <= MAX_EVENT_NS
 
 
 def _subset(keys, state, idx):

@@ -15,6 +15,7 @@ streamseq.errors.ConfigError: forecast.horizn: expected one of the keys horizon,
 """
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -93,13 +94,14 @@ class ForecastConfig:
 class RNNSection:
     hidden: int = 64
     tbptt: int = 8
-    learn_every: int = 2  # a learning step every s windows per key (TBPTT(k, s)): each origin is trained k/s times
+    learn_every: int = 3  # a learning step every s windows per key (TBPTT(k, s)): each origin is trained k/s times
     lr: float = 0.002
     optimizer: str = "adam"
     learn: bool = True
     norm_alpha: float = 0.01
     target: str = "delta"
-    scale: str = "auto"  # output unit: level | change | auto (change for kind = "price", else level)
+    scale: str = "auto"  # transformer output unit: level | change | auto (change for kind = "price", else level)
+    calendar: str = "auto"  # calendar features: auto (periods that vary at the interval; none for prices) | none | e.g. "day,week"
 
 
 @dataclass
@@ -163,7 +165,10 @@ class TrainerConfig:
     max_samples: int = 50_000  # training samples per run at most (a seeded random subset)
     min_context: int = 4  # windows of history a sample's origin needs (shorter contexts are left-padded)
     warm_start: bool = True  # start from the weights in service rather than a fresh init
-    rnn_epochs: int = 1  # passes of offline TBPTT when refreshing GRU/LSTM weights
+    rnn_epochs: int = 3  # passes of the online learner over the stored windows when refreshing GRU/LSTM weights
+    rnn_lr: float = 0.001  # learning rate of those passes
+    rnn_max_keys: int = 5000  # keys a GRU/LSTM refresh trains on at most (a seeded random subset); 0 = all
+    fit_first: int = 0  # replay: once the stream has N windows, fit GRU/LSTM (and train the transformer) on them
     threads: int = 0  # torch threads of the trainer; 0 = half the cores (at least 1)
     nice: int = 10  # niceness of the trainer process (when idle_priority is off or unavailable)
     idle_priority: bool = True  # trainer under SCHED_IDLE (Linux): it only gets CPU time the stream leaves
@@ -226,23 +231,25 @@ def _coerce(key: str, value: Any, typ: Any, from_env: bool) -> Any:
             return str(value).lower() in ("1", "true", "yes", "on")
         raise ConfigError(key, f"true or false, got {value!r}")
     if typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63:
             return value
         if from_env:
             try:
-                return int(value)
+                if -2**63 <= int(value) < 2**63:
+                    return int(value)
             except ValueError:
                 pass
-        raise ConfigError(key, f"an integer, got {value!r}")
+        raise ConfigError(key, f"a 64-bit integer, got {value!r}")
     if typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
         if from_env:
             try:
-                return float(value)
-            except ValueError:
+                if math.isfinite(float(value)):
+                    return float(value)
+            except (ValueError, OverflowError):
                 pass
-        raise ConfigError(key, f"a number, got {value!r}")
+        raise ConfigError(key, f"a finite number, got {value!r}")
     if typ is str:
         if isinstance(value, str):
             return value
@@ -357,6 +364,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError("rnn.target", f"'delta' or 'level', got {cfg.rnn.target!r}")
     if cfg.rnn.scale not in ("auto", "level", "change"):
         raise ConfigError("rnn.scale", f"auto, level or change, got {cfg.rnn.scale!r}")
+    try:
+        from .models.features import calendar_periods
+
+        calendar_periods(w.interval_ns, cfg.rnn.calendar)
+    except ValueError as exc:
+        raise ConfigError("rnn.calendar", f"auto, none or a comma list of day, week, year ({exc})") from None
     if cfg.rnn.learn_every < 1:
         raise ConfigError("rnn.learn_every", "a positive integer")
     if cfg.rnn.hidden < 1 or cfg.rnn.tbptt < 1:
@@ -369,21 +382,41 @@ def validate(cfg: Config) -> None:
         parse_duration(cfg.store.retention, "store.retention")
     if cfg.trainer.every:
         parse_duration(cfg.trainer.every, "trainer.every")
+    if cfg.trainer.fit_first < 0 or cfg.trainer.rnn_epochs < 0 or cfg.trainer.rnn_max_keys < 0:
+        bad = next(k for k in ("fit_first", "rnn_epochs", "rnn_max_keys") if getattr(cfg.trainer, k) < 0)
+        raise ConfigError(f"trainer.{bad}", "0 or a positive integer")
     if cfg.logging.format not in ("auto", "json", "text"):
         raise ConfigError("logging.format", f"auto, json or text, got {cfg.logging.format!r}")
     if not cfg.source.value_cols:
         raise ConfigError("source.value_cols", "at least one value column")
+    if isinstance(w.agg, dict):
+        for col, aggs in w.agg.items():
+            if not (isinstance(aggs, str) or isinstance(aggs, list) and all(isinstance(a, str) for a in aggs)):
+                raise ConfigError(f"windowing.agg.{col}", f"an aggregation or a list of them, got {aggs!r}")
     from .windowing import build_spec
 
     build_spec(cfg.source.value_cols, w.agg, w.grid, w.lateness_ns, w.gap, w.max_gap_fill, w.time_jump_ns)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB
+
+
 def load(path: str | os.PathLike, env: dict | None = None) -> Config:
+    """The config of a TOML file; ConfigError naming the file or key for anything unusable in it."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(str(path), "an existing TOML file")
     try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"valid TOML ({exc})") from exc
+        with open(p, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(str(path), f"a readable file ({exc.strerror or exc})") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(str(path), f"a TOML file of at most {MAX_CONFIG_BYTES} bytes")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), f"UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:  # ValueError: ints past 4300 digits
+        raise ConfigError(str(path), f"valid TOML ({str(exc)[:200]})") from exc
     return from_dict(data, base_dir=str(p.parent.resolve()), env=os.environ if env is None else env)

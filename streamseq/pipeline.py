@@ -18,10 +18,12 @@ import numpy as np
 
 from .calibration import ConformalCalibrator
 from .clock import SystemClock
+from .errors import StreamseqError
 from .keyspace import KeyIndex, grow
 from .models.base import BatchForecaster
 from .ports import DeadLetterSink, ForecastSink, SourcePartition
 from .records import DeadLetter, ForecastBatch, ObservationBatch, WindowBatch
+from .state_codec import RESET, core_faults, select
 from .timeutil import format_duration, iso
 from .windowing import NO_WID, ClosedWindows, Windower, WindowSpec
 
@@ -367,12 +369,32 @@ class Pipeline:
                 out[f"calib.{name}/{f}"] = arr
         return out
 
+    def state_template(self) -> dict[str, np.ndarray]:
+        """The state of one fresh key: the fields, dtypes and row shapes a restored record must have."""
+        probe = "\x00state template"
+        while probe in self.keys:
+            probe += "\x00"
+        self.keys.slots(np.array([probe], dtype=object))
+        try:
+            return self.snapshot_keys([probe])
+        finally:
+            self.forget_keys([probe])
+
     def restore_keys(self, keys: list[str], state: dict[str, np.ndarray], partitioned_time: bool = True,
-                     committed: dict[int, int] | None = None) -> None:
+                     committed: dict[int, int] | None = None, partitions=None) -> None:
         """``committed``: next offset to read per partition id. A key whose state already reflects
         records at or past it (written by a checkpoint whose commit did not happen) must not set
         its partition's stream time, or other keys' windows would close before their redelivered
-        records are back."""
+        records are back. ``partitions``: the partition ids the keys may belong to (those just
+        assigned). State comes from a topic others can write: a key whose state no worker writes
+        is not restored (it starts afresh), nor is a component's state that does not fit."""
+        bad, why = core_faults(state, self.spec.interval, partitions)
+        if bad.any():
+            log.warning("state of %d of %d keys is implausible (%s); they start afresh",
+                        int(bad.sum()), len(keys), ", ".join(why))
+            keys, state = select(keys, state, np.flatnonzero(~bad))
+            if not keys:
+                return
         slots = self.keys.slots(np.array(keys, dtype=object))
         time_from = None
         if committed is not None:
@@ -391,11 +413,21 @@ class Pipeline:
                     continue
                 try:
                     comp.restore(slots, part)
-                except (ValueError, KeyError, RuntimeError, IndexError) as exc:
+                except (ValueError, KeyError, RuntimeError, IndexError, TypeError, StreamseqError) as exc:
                     # State written by a differently configured model (e.g. another hidden size):
                     # start these keys afresh for this component rather than stop the stream.
                     log.warning("state of %s %s does not fit (%s); %d keys start afresh", kind, name, exc, len(slots))
                     comp.reset(slots)
+                    continue
+                unfit = state.get(f"{RESET}{kind}.{name}", np.zeros(len(slots), bool))  # see decode_keys
+                if hasattr(comp, "state_faults"):  # values the component itself knows no update writes
+                    faults = comp.state_faults(part)
+                    if faults.any():
+                        log.warning("state of %s %s: %d keys hold values no update writes; they start afresh",
+                                    kind, name, int(faults.sum()))
+                    unfit = unfit | faults
+                if unfit.any():
+                    comp.reset(slots[unfit])
 
     def forget_keys(self, keys: list[str]) -> None:
         """Drop keys whose partition moved to another worker."""

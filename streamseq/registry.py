@@ -9,11 +9,12 @@ Layout::
 
 A version is written into a hidden temp folder and renamed into place, and
 ``PROMOTED`` is replaced with ``os.replace``: a reader sees a whole artifact
-or none. Loading never unpickles: weights are safetensors (a legacy ``.pt``
-is read only with ``torch.load(weights_only=True)``), and every artifact is
-checked before use — files present, checksum, config of the expected kind,
-tensor names and shapes equal to the model the config builds. Anything off
-raises ``ArtifactError`` naming the artifact and the problem.
+or none. Loading never unpickles: weights are safetensors only, and every
+artifact is checked before use — JSON files present and of bounded size,
+checksum, config of the expected kind with settings of the right types and
+sizes, tensor names, shapes and dtypes (read from the safetensors header before
+any weight is) equal to those of the model the config builds, weights finite.
+Anything off raises ``ArtifactError`` naming the artifact and the problem.
 
 >>> import tempfile
 >>> from streamseq.models.transformer import TransformerConfig, init_net
@@ -35,10 +36,12 @@ import json
 import os
 import re
 import shutil
+import math
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
+from typing import get_type_hints
 
 import torch
 
@@ -46,8 +49,14 @@ from .errors import UsageError, ArtifactError, StreamseqError
 
 FORMAT = "streamseq.model/v1"
 WEIGHTS = "weights.safetensors"
-LEGACY_WEIGHTS = "weights.pt"
 PROMOTED = "PROMOTED"
+MAX_JSON_BYTES = 1 << 20  # config.json, meta.json, PROMOTED: a few KB when written here
+# Model sizes an artifact may ask for: far above any model here, low enough that building one stays cheap.
+_SIZE_LIMITS = {"context": 1 << 16, "d_model": 1 << 14, "heads": 1 << 8, "layers": 1 << 8, "ff": 1 << 16,
+                "horizon": 10_000, "n_features": 1 << 12, "hidden": 1 << 14, "tbptt": 1 << 12}
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
 _VERSION = re.compile(r"^v(\d{4,})$")
 KINDS = {"transformer": "transformer", "gru": "rnn", "lstm": "rnn"}
 
@@ -59,13 +68,13 @@ class RegistryError(UsageError):
 # Settings an artifact must share with the model it replaces (the rest only affect training).
 SHAPE_KEYS = {
     "transformer": ("context", "d_model", "heads", "layers", "ff", "horizon", "n_features", "scale"),
-    "rnn": ("cell", "hidden", "horizon", "n_features", "target", "normalize", "scale"),
+    "rnn": ("cell", "hidden", "horizon", "n_features", "target", "normalize", "season", "calendar"),
 }
 
 
 def mismatch(artifact_params: dict, running_params: dict, kind: str) -> str | None:
     """Why an artifact cannot replace a running model with these params (None if it can)."""
-    diffs = [f"{k} {artifact_params.get(k)!r} != {running_params.get(k)!r}"
+    diffs = [f"{k} {_short(artifact_params.get(k))} != {running_params.get(k)!r}"
              for k in SHAPE_KEYS.get(kind, ()) if artifact_params.get(k) != running_params.get(k)]
     return ", ".join(diffs) or None
 
@@ -84,21 +93,37 @@ def build_net(config: dict):
     kind, params = config.get("kind"), config.get("params")
     if not isinstance(params, dict):
         raise ArtifactError("config.json has no 'params' table")
+    if kind == "transformer":
+        from .models.transformer import TransformerConfig as cls
+        from .models.transformer import TransformerNet as net_cls
+    elif kind == "rnn":
+        from .models.rnn import RNNConfig as cls
+        from .models.rnn import RNNNet as net_cls
+    else:
+        raise ArtifactError(f"config.json names an unknown model kind {str(kind)[:80]!r}")
+    _check_params(kind, params, cls)
     try:
-        if kind == "transformer":
-            from .models.transformer import TransformerConfig, TransformerNet
-
-            return TransformerNet(TransformerConfig.from_dict(params))
-        if kind == "rnn":
-            from .models.rnn import RNNConfig, RNNNet
-
-            unknown = set(params) - set(RNNConfig.__dataclass_fields__)
-            if unknown:
-                raise ValueError(f"unknown rnn settings {sorted(unknown)}")
-            return RNNNet(RNNConfig(**params))
+        return net_cls(cls(**params))
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"config.json cannot build a {kind} model: {exc}") from exc
-    raise ArtifactError(f"config.json names an unknown model kind {kind!r}")
+
+
+def _check_params(kind: str, params: dict, cls) -> None:
+    """Every setting known, of its field's type, and sizes within _SIZE_LIMITS: before anything is built."""
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for k, v in params.items():
+        if k not in names:
+            raise ArtifactError(f"config.json cannot build a {kind} model: unknown setting {str(k)[:80]!r}")
+        typ = hints[k]
+        ok = (type(v) is int if typ is int else
+              type(v) in (int, float) and math.isfinite(v) if typ is float else
+              isinstance(v, typ))
+        if not ok:
+            raise ArtifactError(f"config.json cannot build a {kind} model: {k} is {type(v).__name__}, "
+                                f"expected {typ.__name__}")
+        if k in _SIZE_LIMITS and not 1 <= v <= _SIZE_LIMITS[k]:
+            raise ArtifactError(f"config.json cannot build a {kind} model: {k} {v} outside 1..{_SIZE_LIMITS[k]}")
 
 
 class ModelRegistry:
@@ -179,11 +204,13 @@ class ModelRegistry:
         if not p.exists():
             return {}
         try:
-            state = json.loads(p.read_text())
-            if not isinstance(state, dict) or not isinstance(state.get("version"), str):
-                raise ValueError("no 'version' string")
-        except (OSError, ValueError) as exc:
+            state = _read_json(p)
+        except ArtifactError as exc:
             raise ArtifactError(f"{p}: unreadable promotion record: {exc}") from exc
+        history = state.get("history", [])
+        if (not isinstance(state.get("version"), str) or not _VERSION.match(state["version"])
+                or not isinstance(history, list) or not all(isinstance(v, str) and _VERSION.match(v) for v in history)):
+            raise ArtifactError(f"{p}: unreadable promotion record: expected a version and a history of versions")
         return state
 
     def promoted(self, name: str) -> str | None:
@@ -215,11 +242,9 @@ class ModelRegistry:
                 current = None
             for v in self.versions(n):
                 try:
-                    meta = json.loads((self.path / n / v / "meta.json").read_text())
-                    if not isinstance(meta, dict):
-                        raise ValueError("not a table")
-                except (OSError, ValueError) as exc:
-                    meta = {"error": f"unreadable meta.json: {exc}"}
+                    meta = _read_json(self.path / n / v / "meta.json")
+                except ArtifactError as exc:
+                    meta = {"error": str(exc)}
                 rows.append({"name": n, "version": v, "promoted": v == current, **meta})
         return rows
 
@@ -238,50 +263,65 @@ class ModelRegistry:
         config = _read_json(where / "config.json")
         meta = _read_json(where / "meta.json")
         if config.get("format") != FORMAT:
-            raise ArtifactError(f"{where}: foreign artifact (format {config.get('format')!r}, expected {FORMAT!r})")
+            raise ArtifactError(f"{where}: foreign artifact (format {_short(config.get('format'))}, "
+                                f"expected {FORMAT!r})")
         if config.get("name") != name or config.get("kind") != KINDS.get(name):
-            raise ArtifactError(f"{where}: artifact of {config.get('name')!r} ({config.get('kind')}) "
+            raise ArtifactError(f"{where}: artifact of {_short(config.get('name'))} ({_short(config.get('kind'))}) "
                                 f"is not a {name} model")
         params = config.get("params") if isinstance(config.get("params"), dict) else {}
         if name in ("gru", "lstm") and params.get("cell") != name:
-            raise ArtifactError(f"{where}: config cell {params.get('cell')!r} is not {name}")
+            raise ArtifactError(f"{where}: config cell {_short(params.get('cell'))} is not {name}")
         if expect is not None:
             why = mismatch(params, expect, config["kind"])
             if why:
                 raise ArtifactError(f"{where}: does not fit the running model: {why}")
-        state_dict = self._load_weights(where, meta)
-        net = build_net(config)
         try:
-            net.load_state_dict(state_dict, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()
-            raise ArtifactError(f"{where}: weights do not fit the model its config builds: "
-                                f"{' '.join(first[:3])[:400]}") from exc
-        return state_dict, config, meta
+            with torch.device("meta"):  # names, shapes and dtypes only: nothing is allocated
+                skeleton = build_net(config).state_dict()
+        except ArtifactError as exc:
+            raise ArtifactError(f"{where}: {exc}") from exc
+        expected = {k: (tuple(v.shape), v.dtype) for k, v in skeleton.items()}
+        return self._load_weights(where, meta, expected), config, meta
 
-    def _load_weights(self, where: Path, meta: dict) -> dict:
-        st, pt = where / WEIGHTS, where / LEGACY_WEIGHTS
-        if st.is_file():
-            expected = meta.get("sha256")
-            if expected and _sha256(st) != expected:
-                raise ArtifactError(f"{st}: checksum mismatch: the file is truncated or was modified")
-            try:
-                from safetensors.torch import load_file
+    def _load_weights(self, where: Path, meta: dict, expected: dict) -> dict:
+        """The tensors of weights.safetensors, once its header matches ``expected`` {name: (shape, dtype)}."""
+        from safetensors import safe_open
 
-                sd = load_file(str(st))
-            except Exception as exc:  # safetensors raises its own error types on bad headers
-                raise ArtifactError(f"{st}: not a readable safetensors file: {exc}") from exc
-        elif pt.is_file():
-            try:
-                sd = torch.load(str(pt), map_location="cpu", weights_only=True)  # never arbitrary pickle
-            except Exception as exc:
-                raise ArtifactError(f"{pt}: refused: not a plain tensor file ({type(exc).__name__}: "
-                                    f"{str(exc).splitlines()[0][:200]})") from exc
-            if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-                raise ArtifactError(f"{pt}: refused: not a dict of tensors")
-        else:
+        st = where / WEIGHTS
+        if not st.is_file():
             raise ArtifactError(f"{where}: incomplete artifact, {WEIGHTS} is missing")
+        digest = meta.get("sha256")
+        if digest and _sha256(st) != digest:
+            raise ArtifactError(f"{st}: checksum mismatch: the file is truncated or was modified")
+        try:
+            with safe_open(str(st), framework="pt", device="cpu") as f:
+                names = set(f.keys())
+                if names != set(expected):
+                    extra, missing = sorted(names - set(expected))[:3], sorted(set(expected) - names)[:3]
+                    raise ArtifactError(f"{st}: weights do not fit the model its config builds: "
+                                        f"unexpected {extra}, missing {missing}")
+                for k in sorted(names):
+                    sl = f.get_slice(k)
+                    shape, dtype = tuple(sl.get_shape()), _ST_DTYPES.get(sl.get_dtype())
+                    if (shape, dtype) != expected[k]:
+                        raise ArtifactError(f"{st}: weights do not fit the model its config builds: {k} is "
+                                            f"{sl.get_dtype()} {list(shape)}, expected {expected[k][1]} "
+                                            f"{list(expected[k][0])}")
+                sd = {k: f.get_tensor(k) for k in sorted(names)}
+        except ArtifactError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types on bad bytes
+            raise ArtifactError(f"{st}: not a readable safetensors file: {str(exc)[:200]}") from exc
+        bad = next((k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if bad is not None:
+            raise ArtifactError(f"{st}: weights are not finite ({bad})")
         return sd
+
+
+def _short(x, limit: int = 80) -> str:
+    """A value read from an artifact, shortened for a message."""
+    s = repr(x)
+    return s if len(s) <= limit else s[:limit] + "..."
 
 
 def _sha256(p: Path) -> str:
@@ -300,10 +340,15 @@ def _write_json(p: Path, obj) -> None:
 
 
 def _read_json(p: Path) -> dict:
+    """A JSON object from a file of at most MAX_JSON_BYTES; ArtifactError otherwise."""
     try:
-        obj = json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{p}: unreadable JSON: {exc}") from exc
+        with open(p, "rb") as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+        if len(data) > MAX_JSON_BYTES:
+            raise ValueError(f"more than {MAX_JSON_BYTES} bytes")
+        obj = json.loads(data)
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than json follows
+        raise ArtifactError(f"{p}: unreadable JSON: {str(exc)[:200]}") from exc
     if not isinstance(obj, dict):
         raise ArtifactError(f"{p}: expected a JSON object")
     return obj

@@ -51,8 +51,19 @@ def rnn_config(cfg: Config, cell: str, n_features: int) -> RNNConfig:
         cell=cell, hidden=r.hidden, horizon=cfg.forecast.horizon, n_features=n_features,
         tbptt=r.tbptt, learn_every=r.learn_every, lr=r.lr, optimizer=r.optimizer, learn=r.learn,
         norm_alpha=r.norm_alpha, target=r.target, seed=cfg.forecast.seed,
-        scale=output_scale(cfg),
+        season=season(cfg), calendar=",".join(rnn_calendar(cfg)),
     )
+
+
+def rnn_calendar(cfg: Config) -> tuple[str, ...]:
+    """Calendar periods the RNN sees: ``[rnn] calendar`` ("auto": those that vary at the interval,
+    none for prices, whose calendar effects are too weak to pay for the noise they add)."""
+    from .models.features import calendar_periods
+
+    mode = cfg.rnn.calendar
+    if mode == "auto" and cfg.kind == "price":
+        return ()
+    return calendar_periods(cfg.windowing.interval_ns, mode)
 
 
 def transformer_config(cfg: Config, n_features: int):
@@ -67,4 +78,4 @@ def transformer_config(cfg: Config, n_features: int):
     )
 
 
-__all__ = ["torch_threads", "window_spec", "season", "output_scale", "rnn_config", "transformer_config"]
+__all__ = ["torch_threads", "window_spec", "season", "output_scale", "rnn_config", "rnn_calendar", "transformer_config"]

@@ -30,13 +30,15 @@ def parse_duration(text: str | int, name: str = "duration") -> int:
     1800
     """
     if isinstance(text, int) and not isinstance(text, bool):
-        if text < 0:
-            raise ConfigError(name, f"a non-negative duration, got {text}")
+        if not 0 <= text < 2**63:
+            raise ConfigError(name, f"a non-negative duration below 2**63 ns, got {text}")
         return text
     m = _DURATION.match(str(text).lower())
     if not m or m.group(2) not in _UNITS:
         raise ConfigError(name, f"a duration such as '1h', '30min', '10s' or '1d', got {text!r}")
     value = float(m.group(1)) * _UNITS[m.group(2)]
+    if not value < 2**63:  # times are int64 ns; also catches inf from a very long number
+        raise ConfigError(name, f"a duration below 292 years, got {text!r}")
     return int(value)
 
 

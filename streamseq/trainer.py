@@ -10,13 +10,14 @@ One run (``Trainer.run_once``), for each model it is responsible for:
 1. sliding samples of every key from the store (``WindowStore.training_samples``),
    the newest ``trainer.holdout`` windows of each key held out;
 2. a candidate: the transformer trained on them (``train_transformer``), or
-   GRU/LSTM weights refreshed by offline truncated BPTT from the weights in
-   service (``refresh_rnn``) — over the same L = tbptt + H windows a key's
-   hidden state is rebuilt from on a hot swap, so the states stay usable;
-3. the promotion gate (``gate``): MAE on the held-out windows, in units of
-   each key's scale, against the model in service (the promoted version, or
-   the untrained init when none is); the candidate must be better by
-   ``trainer.min_improvement``;
+   GRU/LSTM weights refreshed from the weights in service by running the
+   online learner over every key's stored windows, ``trainer.rnn_epochs``
+   passes (``refresh_rnn``, models/rnn_fit.py: the stream's own code, so the
+   offline and online inputs are the same);
+3. the promotion gate: MAE on the held-out windows, in units of each key's
+   scale (the transformer) or of its baseline's error (GRU/LSTM), against the
+   model in service (the promoted version, or the untrained init when none
+   is); the candidate must be better by ``trainer.min_improvement``;
 4. an accepted candidate is published and promoted; a rejected one is logged.
 
 When (``RetrainSchedule``): every N windows of new data, every T of time (wall
@@ -40,10 +41,11 @@ from torch import nn
 
 from .config import Config
 from .errors import ArtifactError, ConfigError
+from .models import rnn_fit
 from .models.rnn import RNNConfig, RNNNet
 from .models.transformer import TransformerConfig, init_net
-from .specs import transformer_config
 from .registry import ModelRegistry, artifact_config, build_net, mismatch  # noqa: F401 (re-exported)
+from .specs import transformer_config
 from .store import TrainingSet, WindowStore
 from .timeutil import iso, parse_duration
 
@@ -51,18 +53,9 @@ log = logging.getLogger(__name__)
 
 TRAINABLE = ("transformer", "gru", "lstm")
 # -- nets on samples ------------------------------------------------------------
-def rnn_forward(net: RNNNet, x: torch.Tensor) -> torch.Tensor:
-    """(B, R, F+1) contexts, NaN rows = padding -> (B, H): the cell from a zero state, as a hot swap's rewarm."""
-    pad = torch.isnan(x[..., 0])  # (B, R)
-    x = torch.nan_to_num(x, nan=0.0)
-    state = x.new_zeros(x.shape[0], net.state_size)
-    for i in range(x.shape[1]):
-        state = torch.where(pad[:, i, None], state, net.step(x[:, i], state))
-    return net.out(state)
-
-
 def forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return rnn_forward(net, x) if isinstance(net, RNNNet) else net(x)
+    """The transformer on (B, L, F+1) samples (GRU/LSTM train on windows in order: models/rnn_fit.py)."""
+    return net(x)
 
 
 def predict(net: nn.Module, X: np.ndarray, batch: int = 4096) -> np.ndarray:
@@ -121,9 +114,12 @@ class RetrainSchedule:
     """
 
     def __init__(self, interval_ns: int, every_windows: int = 0, every_ns: int = 0, drift: bool = False,
-                 delta: float = 0.002, min_windows: int = 1, initial: bool = False, grid=None):
+                 delta: float = 0.002, min_windows: int = 1, initial: bool = False, grid=None,
+                 first_windows: int = 0):
         self.interval_ns = interval_ns
         self.grid = grid  # calendar windows: new windows are counted on the grid, not by length
+        self.first_windows = first_windows  # one run once the stream has this many windows (--fit-first)
+        self.first_end: int | None = None
         self.every_windows = every_windows
         self.every_ns = every_ns
         self.drift = drift
@@ -137,14 +133,14 @@ class RetrainSchedule:
         self._adwin = self._new_adwin()
 
     @classmethod
-    def from_config(cls, cfg: Config, initial: bool = False) -> "RetrainSchedule":
+    def from_config(cls, cfg: Config, initial: bool = False) -> RetrainSchedule:
         t = cfg.trainer
         return cls(cfg.windowing.interval_ns, t.every_windows, parse_duration(t.every, "trainer.every") if t.every else 0,
-                   t.drift, t.drift_delta, t.holdout, initial, grid=cfg.windowing.grid)
+                   t.drift, t.drift_delta, t.holdout, initial, grid=cfg.windowing.grid, first_windows=t.fit_first)
 
     @property
     def active(self) -> bool:
-        return bool(self.every_windows or self.every_ns or self.drift)
+        return bool(self.every_windows or self.every_ns or self.drift or self.first_windows)
 
     def _new_adwin(self):
         if not self.drift:
@@ -167,15 +163,19 @@ class RetrainSchedule:
     def due(self, newest_end: int | None, now_ns: int) -> str | None:
         if newest_end is None:
             return None
+        if self.first_windows:
+            if self.first_end is None:
+                self.first_end = newest_end
+            if self._windows_between(self.first_end, newest_end) + 1 < self.first_windows:
+                return None  # nothing before the first fit: it is the starting point of everything after
+            if self.last_end is None:
+                return f"first {self.first_windows} windows"
         if self.last_end is None:
             if self.initial:
                 return "initial"
             self.last_end, self.last_time = newest_end, now_ns
             return None
-        if self.grid is not None:
-            new = int(self.grid.wid_of(newest_end - 1) - self.grid.wid_of(self.last_end - 1))
-        else:
-            new = (newest_end - self.last_end) // self.interval_ns
+        new = self._windows_between(self.last_end, newest_end)
         if self.every_windows and new >= self.every_windows:
             return f"every {self.every_windows} windows"
         if self.every_ns and now_ns - self.last_time >= self.every_ns:
@@ -183,6 +183,12 @@ class RetrainSchedule:
         if self.drift_seen and new >= self.min_windows:
             return "drift"
         return None
+
+    def _windows_between(self, end_a: int, end_b: int) -> int:
+        """Windows from the one ending at ``end_a`` to the one ending at ``end_b`` (on the grid when known)."""
+        if self.grid is not None:
+            return int(self.grid.wid_of(end_b - 1) - self.grid.wid_of(end_a - 1))
+        return (end_b - end_a) // self.interval_ns
 
     def trained(self, newest_end: int, now_ns: int) -> None:
         self.last_end, self.last_time = newest_end, now_ns
@@ -232,11 +238,12 @@ class Trainer:
             raise ConfigError("trainer.min_improvement", f"a share in [0, 1), got {t.min_improvement}")
         if models is None:
             models = [m for m in cfg.forecast.models
-                      if m == "transformer" or (m in ("gru", "lstm") and t.refresh_rnn)]
+                      if m == "transformer" or (m in ("gru", "lstm") and (t.refresh_rnn or t.fit_first))]
         self.models = models
         self.runs = 0
         self._drift_fed_end = -1
         self._serving: dict[str, tuple[str, nn.Module]] = {}
+        self.grid = cfg.windowing.grid  # window ids of the stored windows (calendar features)
 
     # -- configs ----------------------------------------------------------------
     def model_params(self, name: str):
@@ -248,7 +255,7 @@ class Trainer:
 
     def context(self, name: str) -> int:
         p = self.model_params(name)
-        return p.context if name == "transformer" else p.tbptt + p.horizon
+        return p.context if name == "transformer" else p.ring
 
     def init_net(self, name: str) -> nn.Module:
         """The untrained network, the same weights the stream's model starts with."""
@@ -297,22 +304,24 @@ class Trainer:
                 "train_seconds": round(time.perf_counter() - t0, 3)}
         return Candidate("transformer", net, artifact_config("transformer", params), meta)
 
-    def refresh_rnn(self, name: str, data: TrainingSet | None = None, init: dict | None = None,
-                    seed: int | None = None) -> Candidate:
-        """GRU/LSTM weights refreshed by offline TBPTT over L = tbptt + H windows from a zero state."""
+    def refresh_rnn(self, name: str, data: rnn_fit.WindowArrays, init: dict | None = None,
+                    seed: int | None = None, epochs: int | None = None) -> Candidate:
+        """GRU/LSTM weights fitted by ``epochs`` (``trainer.rnn_epochs``) passes of the online learner over
+        ``data`` (models/rnn_fit.py), from ``init`` (the weights in service) or the untrained init."""
         seed = self.cfg.forecast.seed + self.runs if seed is None else seed
         params: RNNConfig = self.model_params(name)
-        data = data if data is not None else self.samples(name, seed=seed)
         net = self.init_net(name)
         if init is not None:
             net.load_state_dict(init)
-        t = self.cfg.trainer
+        epochs = self.cfg.trainer.rnn_epochs if epochs is None else epochs
         t0 = time.perf_counter()
-        loss = fit(net, data.X_train, data.Y_train, epochs=t.rnn_epochs,
-                   batch_size=self.cfg.transformer.batch_size, lr=self.cfg.rnn.lr, seed=seed, clip=params.clip)
-        meta = {"train_loss": loss, "epochs": t.rnn_epochs, "seed": seed, "warm_start": init is not None,
+        net, loss = rnn_fit.fit(net, params, data, self.grid, epochs=epochs, lr=self.cfg.trainer.rnn_lr, seed=seed)
+        meta = {"train_loss": loss, "epochs": epochs, "seed": seed, "warm_start": init is not None,
                 "train_seconds": round(time.perf_counter() - t0, 3)}
         return Candidate(name, net, artifact_config(name, params), meta)
+
+    def rnn_windows(self, frame, seed: int = 0) -> rnn_fit.WindowArrays:
+        return rnn_fit.from_frame(frame, self.grid, keep_keys=self.cfg.trainer.rnn_max_keys or None, seed=seed)
 
     def gate(self, candidate: Candidate | nn.Module, incumbent: Candidate | nn.Module,
              X_val: np.ndarray, Y_val: np.ndarray) -> tuple[bool, dict]:
@@ -350,27 +359,57 @@ class Trainer:
         self.runs += 1
         return outcomes
 
+    def _incumbent_net(self, name, incumbent):
+        if incumbent is None:
+            return self.incumbent(name)
+        inc, inc_version = incumbent
+        return (inc if isinstance(inc, nn.Module) else _net_from(self.init_net(name), inc)), inc_version
+
+    def _run_rnn(self, name, frame, seed, incumbent) -> Outcome:
+        """Fit on every key's windows before the held-out span, gate on that span, then (when accepted) one
+        more pass over everything so the promoted weights have seen the newest windows too."""
+        t = self.cfg.trainer
+        data = self.rnn_windows(frame, seed)
+        if len(data) == 0:
+            return Outcome(name, False, {}, reason="not enough data")
+        cut = int(data.wid.max()) - t.holdout + 1  # first held-out window
+        train = data.before(cut)
+        if len(train) == 0 or len(train) == len(data):
+            log.info("not training %s: %d of %d windows before the held-out span", name, len(train), len(data))
+            return Outcome(name, False, {}, reason="not enough data")
+        inc_net, inc_version = self._incumbent_net(name, incumbent)
+        init = inc_net.state_dict() if t.warm_start else None
+        cand = self.refresh_rnn(name, train, init=init, seed=seed)
+        params = self.model_params(name)
+        c_mae, n_val = rnn_fit.evaluate(cand.net, params, data, self.grid, cut)
+        i_mae, _ = rnn_fit.evaluate(inc_net, params, data, self.grid, cut)
+        accepted = bool(np.isfinite(c_mae) and np.isfinite(i_mae) and c_mae < i_mae * (1 - t.min_improvement))
+        metrics = {"val_mae": c_mae, "incumbent_val_mae": i_mae, "val_samples": n_val,
+                   "improvement": (1 - c_mae / i_mae) if i_mae > 0 else 0.0}
+        if accepted:
+            cand.net, _ = rnn_fit.fit(cand.net, params, data, self.grid, epochs=1, lr=self.cfg.trainer.rnn_lr, seed=seed)
+        return self._publish(name, cand, metrics, accepted, inc_version,
+                             {"keys": int(len(data.keys)), "windows": int(len(data)), "train_windows": int(len(train)),
+                              "data_start": int(self.grid.start_of(int(data.wid.min()))),
+                              "data_end": int(self.grid.end_of(int(data.wid.max())))})
+
     def _run_model(self, name, frame, seed, incumbent) -> Outcome:
-        if name in ("gru", "lstm") and self.model_params(name).target != "delta":
-            return Outcome(name, False, {}, reason="offline refresh needs rnn.target = 'delta'")
+        if name in ("gru", "lstm"):
+            return self._run_rnn(name, frame, seed, incumbent)
         data = self.samples(name, frame, seed)
         if len(data.X_train) == 0 or len(data.X_val) == 0:
             log.info("not training %s: %d training and %d held-out samples in the store",
                      name, len(data.X_train), len(data.X_val))
             return Outcome(name, False, {}, reason="not enough data")
-        if incumbent is None:
-            inc_net, inc_version = self.incumbent(name)
-        else:
-            inc, inc_version = incumbent
-            inc_net = inc if isinstance(inc, nn.Module) else _net_from(self.init_net(name), inc)
+        inc_net, inc_version = self._incumbent_net(name, incumbent)
         init = inc_net.state_dict() if self.cfg.trainer.warm_start else None
-        if name == "transformer":
-            cand = self.train_transformer(data, init=init, seed=seed)
-        else:
-            cand = self.refresh_rnn(name, data, init=init, seed=seed)
+        cand = self.train_transformer(data, init=init, seed=seed)
         accepted, metrics = self.gate(cand, inc_net, data.X_val, data.Y_val)
-        meta = {**cand.meta, **data.info, **metrics, "accepted": accepted, "incumbent_version": inc_version,
-                "data_range": [iso(data.info["data_start"]), iso(data.info["data_end"])]}
+        return self._publish(name, cand, metrics, accepted, inc_version, data.info)
+
+    def _publish(self, name, cand, metrics, accepted, inc_version, info) -> Outcome:
+        meta = {**cand.meta, **info, **metrics, "accepted": accepted, "incumbent_version": inc_version,
+                "data_range": [iso(info["data_start"]), iso(info["data_end"])]}
         version = None
         if accepted and self.registry is not None:
             version = self.registry.publish(name, cand.net.state_dict(), cand.config, meta)
@@ -417,7 +456,9 @@ class Trainer:
 
     def _feed_drift(self, schedule: RetrainSchedule) -> None:
         """Step-1 residuals of the model in service on the newest windows, one summary per window end."""
-        name = self.models[0]
+        if "transformer" not in self.models:
+            return  # drift is watched on the transformer's held-out samples
+        name = "transformer"
         data = self.samples(name)
         sel = data.val_end > self._drift_fed_end
         if not sel.any():

@@ -67,7 +67,7 @@ def start_worker(cfg_path: Path, log_path: Path, *, idle_s: float | None = 6.0,
 
 def metric(port: int, name: str) -> float | None:
     try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     except OSError:
         return None
     total, found = 0.0, False

@@ -112,3 +112,17 @@ def test_console_script_runs(tmp_path):
                        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONHASHSEED": "0"})
     assert r.returncode == 0, r.stderr
     assert "seasonal_naive" in r.stdout and (tmp_path / "o" / "report.html").exists()
+
+
+def test_fit_first_sets_the_event_time_fit():
+    from streamseq.commands import build_parser
+    from streamseq.commands.args import config_from_args as _config_from_args
+
+    a = build_parser().parse_args(["replay", "--config", str(DATA / "stocks.toml"), "--fit-first", "40",
+                                   "--out", "x"])
+    cfg = _config_from_args(a)
+    assert cfg.trainer.fit_first == 40 and cfg.trainer.every_windows == 0
+    from streamseq.trainer import RetrainSchedule, Trainer
+
+    assert RetrainSchedule.from_config(cfg).first_windows == 40
+    assert {"gru", "lstm"} <= set(Trainer(cfg, store=None).models)  # the fit covers the RNNs

@@ -89,7 +89,7 @@ def test_hot_swap_changes_version_with_no_gap_and_keeps_state(tmp_path):
     assert watcher.check() == []
     after_t, after_g = tf.snapshot(slots), gru.snapshot(slots)
     assert all(np.array_equal(before_t[k], after_t[k]) for k in before_t)  # contexts and statistics kept
-    assert all(np.array_equal(before_g[k], after_g[k]) for k in ("ring", "n", "mean", "var"))
+    assert all(np.array_equal(before_g[k], after_g[k]) for k in ("vals", "step", "wid", "n", "sq", "cross", "mean", "var"))
     assert not np.array_equal(before_g["h"], after_g["h"])  # hidden states rebuilt under the new weights
     swap_origin = 40 * HOUR + batches[0].ts[0]  # window 39 closed in batch 40, so origins from here use v0001
     for b in batches[40:]:

@@ -107,26 +107,28 @@ def test_training_is_deterministic_for_a_seed(trained):
     assert all(torch.equal(a.net.state_dict()[k], b.net.state_dict()[k]) for k in a.net.state_dict())
 
 
-def test_refresh_rnn_keeps_shapes_and_lowers_error(trained):
+def test_refresh_rnn_lowers_held_out_error_and_publishes(trained):
+    """GRU weights fitted by running the online learner over the stored windows beat the untrained
+    network (the per-key baseline) on the held-out windows, and are published with the config."""
+    from streamseq.models import rnn_fit
+
     _, store, registry, _, _ = trained
     trainer = Trainer(config(trainer={"refresh_rnn": True}), store, registry, models=["gru"])
-    assert trainer.context("gru") == 4 + 6  # the windows a hot swap rebuilds hidden states from
-    data = trainer.samples("gru")
+    params = trainer.model_params("gru")
+    assert trainer.context("gru") == params.ring == 6 + 4 + 24  # the windows a hot swap rebuilds state from
+    data = trainer.rnn_windows(store.read())
     inc, version = trainer.incumbent("gru")
     assert version == "init"
-    cand = trainer.refresh_rnn("gru", data, init=inc.state_dict(), seed=0)
-    accepted, m = trainer.gate(cand, inc, data.X_val, data.Y_val)
-    assert accepted and m["val_mae"] < m["incumbent_val_mae"], m
+    cut = int(data.wid.max()) - 12 + 1
+    cand = trainer.refresh_rnn("gru", data.before(cut), init=inc.state_dict(), seed=0)
+    c_mae, n = rnn_fit.evaluate(cand.net, params, data, trainer.grid, cut)
+    i_mae, _ = rnn_fit.evaluate(inc, params, data, trainer.grid, cut)
+    assert n > 0 and c_mae < i_mae, (c_mae, i_mae)
     (o,) = trainer.run_once()
     assert o.accepted and registry.promoted("gru") == o.version
     sd, config_, _ = registry.load("gru", o.version)
     assert config_["params"]["cell"] == "gru" and config_["params"]["hidden"] == 8
-    assert config_["params"]["scale"] == "level" and data.info["scale"] == "level"
-    # prices: targets in the RNN's per-step change unit (rnn.scale = "auto")
-    price_cfg = config(trainer={"refresh_rnn": True})
-    price_cfg.kind = "price"
-    price = Trainer(price_cfg, store, None, models=["gru"])
-    assert price.model_params("gru").scale == "change" and price.samples("gru").info["scale"] == "change"
+    assert config_["params"]["season"] == 24 and config_["params"]["calendar"] == "day,week"
 
 
 def test_unreadable_store_file_does_not_stop_training(tmp_path):
@@ -165,6 +167,16 @@ def test_schedule_windows_time_and_drift():
 
     initial = RetrainSchedule(interval_ns=HOUR, every_windows=100, initial=True)
     assert initial.due(None, 0) is None and initial.due(HOUR, 0) == "initial"
+
+    # --fit-first 4: one run once the stream has 4 windows (counted from its first), then the usual schedule
+    first = RetrainSchedule(interval_ns=HOUR, every_windows=3, first_windows=4)
+    assert [first.due(h * HOUR, 0) for h in (1, 2, 3)] == [None] * 3 and first.due(4 * HOUR, 0) == "first 4 windows"
+    first.trained(4 * HOUR, 0)
+    assert first.due(6 * HOUR, 0) is None and first.due(7 * HOUR, 0) == "every 3 windows"
+    only = RetrainSchedule(interval_ns=HOUR, first_windows=2)
+    assert only.active and only.due(HOUR, 0) is None and only.due(2 * HOUR, 0) == "first 2 windows"
+    only.trained(2 * HOUR, 0)
+    assert only.due(500 * HOUR, 0) is None
 
 
 def test_tick_runs_on_the_schedule(tmp_path):

@@ -67,8 +67,9 @@ class KafkaClientSettings:
                 hint = f" (did you mean {close[0]!r}?)" if close else f" ({', '.join(known)})"
                 raise ConfigError(f"{prefix}.{key}", f"a {cls.__name__} field{hint}")
         d = dict(d)
-        if isinstance(d.get("bootstrap_servers"), (list, tuple)):
-            d["bootstrap_servers"] = ",".join(d["bootstrap_servers"])
+        servers = d.get("bootstrap_servers")
+        if isinstance(servers, (list, tuple)) and all(isinstance(x, str) for x in servers):
+            d["bootstrap_servers"] = ",".join(servers)
         settings = cls(**d)
         settings.validate(prefix)
         return settings
@@ -85,6 +86,9 @@ class KafkaClientSettings:
 
         need(isinstance(self.bootstrap_servers, str) and self.bootstrap_servers.strip() != "",
              "bootstrap_servers", "a 'host:port[,host:port]' string")
+        for key in ("sasl_username", "sasl_password", "ssl_cafile", "ssl_certfile", "ssl_keyfile", "client_id",
+                    "group_id", "transactional_id"):
+            need(getattr(self, key) is None or isinstance(getattr(self, key), str), key, "a string or null")
         need(self.security_protocol in _SECURITY_PROTOCOLS, "security_protocol", f"one of {_SECURITY_PROTOCOLS}")
         need(self.sasl_mechanism is None or self.sasl_mechanism in _SASL_MECHANISMS,
              "sasl_mechanism", f"one of {_SASL_MECHANISMS} or null")
@@ -92,12 +96,11 @@ class KafkaClientSettings:
                     "fetch_max_bytes", "max_partition_fetch_bytes", "batch_size", "transaction_timeout_ms",
                     "request_timeout_ms", "max_request_size", "bootstrap_timeout_ms"):
             value = getattr(self, key)
-            need(isinstance(value, int) and not isinstance(value, bool) and value > 0, key, "a positive integer")
-        need(isinstance(self.linger_ms, int) and not isinstance(self.linger_ms, bool) and self.linger_ms >= 0,
-             "linger_ms", "a non-negative integer")
+            need(type(value) is int and 0 < value < 2**31, key, "a positive 32-bit integer")
+        need(type(self.linger_ms) is int and 0 <= self.linger_ms < 2**31, "linger_ms", "a non-negative 32-bit integer")
         need(self.heartbeat_interval_ms < self.session_timeout_ms, "heartbeat_interval_ms",
              "less than session_timeout_ms")
-        need(self.acks in _ACKS, "acks", f"one of {_ACKS}")
+        need(type(self.acks) in (int, str) and self.acks in _ACKS, "acks", f"one of {_ACKS}")
         need(isinstance(self.exactly_once, bool), "exactly_once", "true or false")
         need(isinstance(self.check_crcs, bool), "check_crcs", "true or false")
         need(self.auto_offset_reset in _OFFSET_RESETS, "auto_offset_reset", f"one of {_OFFSET_RESETS}")

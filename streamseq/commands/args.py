@@ -65,6 +65,9 @@ def pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-learn", action="store_true", help="freeze the shared RNN weights (no online learning)")
     p.add_argument("--retrain-every", type=int, metavar="WINDOWS",
                    help="retrain (transformer, RNN refresh) every N new windows, in event time (default: off)")
+    p.add_argument("--fit-first", type=int, metavar="WINDOWS",
+                   help="once the stream has N windows, fit GRU/LSTM (and train the transformer) on all keys' "
+                        "windows so far, then continue with online learning from there (default: off)")
 
 
 def config_from_args(a: argparse.Namespace):
@@ -92,6 +95,8 @@ def config_from_args(a: argparse.Namespace):
         cfg.rnn.learn = False
     if getattr(a, "retrain_every", None):
         cfg.trainer.every_windows = a.retrain_every
+    if getattr(a, "fit_first", None):
+        cfg.trainer.fit_first = a.fit_first
     config_mod.validate(cfg)
     return cfg
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+_MAX_MEAN = 1e36  # no window of observations (|value| <= 1e30) has a larger mean; float32 holds it
 
 def norm_scale(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     """The scale a key's features are divided by ."""
@@ -78,6 +79,15 @@ class RunningStats:
 
     def snapshot(self, slots) -> dict[str, np.ndarray]:
         return {"mean": self.mean[slots].copy(), "var": self.var[slots].copy(), "dvar": self.dvar[slots].copy()}
+
+    def state_faults(self, state: dict) -> np.ndarray:
+        """Keys whose statistics no update writes (NaN, a negative variance, a mean past float32): in
+        a shared network's learning step they would turn every key's weights into NaN."""
+        mean, var = np.asarray(state["mean"], np.float64), np.asarray(state["var"], np.float64)
+        dvar = np.asarray(state.get("dvar", np.zeros(len(mean))), np.float64)
+        ok = ((np.abs(mean) <= _MAX_MEAN).all(axis=1) & ((var >= 0) & (var <= _MAX_MEAN**2)).all(axis=1)
+              & (dvar >= 0) & (dvar <= _MAX_MEAN**2))
+        return ~ok
 
     def restore(self, slots, state: dict) -> None:
         self.mean[slots] = state["mean"]

@@ -6,19 +6,30 @@ is standardised with running statistics before it reaches river (unscaled
 prices and counts make SNARIMAX's SGD diverge; see PITFALLS.md), and a forecast
 that comes back non-finite or absurd is reported as NaN (counted as diverged
 by the evaluation) and the key's model is rebuilt.
+
+A key's river model is snapshot as plain data (``river_state``): the numbers it
+has learned, never a pickle. Restoring builds the model with ``make()`` and loads
+those numbers into it; a state that does not fit starts that key afresh.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 from river import compose, linear_model, optim, preprocessing, time_series
 
-from .. import safepickle
+from ..errors import ArtifactError
 from ..keyspace import grow
 from .base import BatchForecaster
+from .river_state import BOOL, COUNT_MAP, FLOAT, FLOAT_MAP, FLOATS, INT, Field, StateLayout
 
 _ABSURD = 1e3  # |forecast| in standardised units beyond this is divergence
+# What a river model raises on numbers it cannot work with (diverged, or a restored state that is
+# well-typed but inconsistent): the key's model is rebuilt instead of stopping the stream.
+_MODEL_FAULTS = (ArithmeticError, ValueError, IndexError, KeyError, TypeError)
+_NO_VALUES = np.empty(0, np.float64)
+log = logging.getLogger("streamseq.models.river")
 
 
 class RiverForecaster(BatchForecaster):
@@ -31,9 +42,20 @@ class RiverForecaster(BatchForecaster):
         self._n = np.zeros(0, np.int64)
         self._last = np.zeros(0)
         self.diverged = 0
+        self._layout: StateLayout | None = None
 
     def make(self):
         raise NotImplementedError
+
+    def state_layout(self, fresh) -> StateLayout:
+        """Where a model made by ``make()`` (``fresh``) keeps what it learns."""
+        raise NotImplementedError
+
+    @property
+    def layout(self) -> StateLayout:
+        if self._layout is None:
+            self._layout = self.state_layout(self.make())
+        return self._layout
 
     def can_forecast(self, model, n: int) -> bool:
         return n > 0
@@ -65,7 +87,11 @@ class RiverForecaster(BatchForecaster):
             m = models[s]
             if m is None:
                 m = models[s] = self.make()
-            m.learn_one(zi)
+            try:
+                m.learn_one(zi)
+            except _MODEL_FAULTS:
+                models[s] = None  # rebuilt on the next window
+                self.diverged += 1
 
     def forecast(self, slots):
         out = np.empty((len(slots), self.horizon))
@@ -78,7 +104,7 @@ class RiverForecaster(BatchForecaster):
             try:
                 f = m.forecast(horizon=self.horizon)
                 ok = all(math.isfinite(v) and abs(v) < _ABSURD for v in f)
-            except (ArithmeticError, ValueError, IndexError):
+            except _MODEL_FAULTS:
                 ok = False
             if ok:
                 out[i] = mean[i] + scale[i] * np.asarray(f, dtype=np.float64)
@@ -89,12 +115,18 @@ class RiverForecaster(BatchForecaster):
         return out
 
     def snapshot(self, slots):
-        blobs = np.empty(len(slots), dtype=object)
+        n = len(slots)
+        tree, values = np.empty(n, dtype=object), np.empty(n, dtype=object)
+        layout = self.layout
         for i, s in enumerate(slots.tolist()):
             m = self._models[s]
-            blobs[i] = b"" if m is None else safepickle.dumps(m)
+            if m is None:
+                tree[i], values[i] = b"", _NO_VALUES
+            else:
+                tree[i], values[i] = layout.dump(m)
         return {
-            "blob": blobs,
+            "tree": tree,  # JSON: lengths, feature names, counters (river_state.StateLayout)
+            "values": values,  # float64, one vector per key: every float the model holds
             "mean": self._mean[slots].copy(),
             "var": self._var[slots].copy(),
             "n": self._n[slots].copy(),
@@ -102,12 +134,46 @@ class RiverForecaster(BatchForecaster):
         }
 
     def restore(self, slots, state):
-        for s, b in zip(slots.tolist(), state["blob"].tolist()):
-            self._models[s] = safepickle.loads(bytes(b)) if len(b) else None
-        self._mean[slots] = state["mean"]
-        self._var[slots] = state["var"]
-        self._n[slots] = state["n"]
-        self._last[slots] = state["last"]
+        """Keys whose state does not fit (refused by the layout, or statistics a key cannot
+        have: non-finite, negative) start afresh with a warning; the other keys are restored."""
+        fields = [state[k] for k in ("tree", "values", "mean", "var", "n", "last")]
+        if any(len(a) != len(slots) for a in fields):
+            raise ValueError(f"{self.name} state: expected {len(slots)} rows per field")
+        tree, values, mean, var, n, last = fields
+        mean, var, n, last = (np.asarray(a) for a in (mean, var, n, last))
+        ok = np.isfinite(mean) & np.isfinite(var) & (var >= 0) & (n >= 0) & ~np.isinf(last)
+        why = "" if ok.all() else "non-finite or negative statistics"
+        models = []
+        for i, (t, v) in enumerate(zip(tree.tolist(), values.tolist())):
+            m = None
+            if ok[i]:
+                try:
+                    m = self._load(t, v)
+                except ArtifactError as exc:
+                    ok[i] = False
+                    why = why or str(exc)
+            models.append(m)
+        for s, m in zip(slots.tolist(), models):
+            self._models[s] = m
+        self._mean[slots] = mean
+        self._var[slots] = var
+        self._n[slots] = n
+        self._last[slots] = last
+        if not ok.all():
+            log.warning("%s: state of %d of %d keys does not fit (%s); they start afresh",
+                        self.name, int((~ok).sum()), len(slots), why[:200])
+            self.reset(slots[~ok])
+
+    def _load(self, tree, values):
+        if not isinstance(tree, bytes):
+            raise ArtifactError("river state: the tree is not bytes")
+        if not tree:
+            if not isinstance(values, np.ndarray) or len(values):
+                raise ArtifactError("river state: values without a model")
+            return None
+        m = self.make()
+        self.layout.load(m, tree, values)
+        return m
 
     def reset(self, slots):
         for s in slots.tolist():
@@ -131,6 +197,22 @@ class SNARIMAXForecaster(RiverForecaster):
             ),
         )
 
+    def state_layout(self, fresh):
+        # The feature names SNARIMAX can build with these orders: its maps hold no others.
+        names = fresh._add_lag_features(None, [0.0] * fresh.y_diff.maxlen, [0.0] * fresh.errors.maxlen)
+        scaler, linear = "regressor.steps.StandardScaler", "regressor.steps.LinearRegression"
+        return StateLayout([
+            Field("y_hist", "y_hist", FLOATS),
+            Field("y_diff", "y_diff", FLOATS),
+            Field("errors", "errors", FLOATS),
+            Field("scaler_counts", f"{scaler}.counts", COUNT_MAP),
+            Field("scaler_means", f"{scaler}.means", FLOAT_MAP),
+            Field("scaler_vars", f"{scaler}.vars", FLOAT_MAP),
+            Field("weights", f"{linear}._weights", FLOAT_MAP),
+            Field("intercept", f"{linear}.intercept", FLOAT),
+            Field("sgd_steps", f"{linear}.optimizer.n_iterations", INT),
+        ], names=frozenset(names))
+
 
 class HoltWintersForecaster(RiverForecaster):
     name = "holt_winters"
@@ -140,6 +222,16 @@ class HoltWintersForecaster(RiverForecaster):
         if self.season > 1:
             return time_series.HoltWinters(alpha=0.3, beta=0.05, gamma=0.3, seasonality=self.season)
         return time_series.HoltWinters(alpha=0.3, beta=0.05)
+
+    def state_layout(self, fresh):
+        return StateLayout([
+            Field("level", "level", FLOATS),
+            Field("trend", "trend", FLOATS),
+            Field("season", "season", FLOATS),
+            # river keeps the first max(2, seasonality) values to initialise the components
+            Field("first_values", "_first_values", FLOATS, max_len=max(2, fresh.seasonality or 0)),
+            Field("initialized", "_initialized", BOOL),
+        ])
 
     def can_forecast(self, model, n):
         # forecast() raises IndexError until a whole season has been seen.
