@@ -313,7 +313,9 @@ class LiveProducer:
 
     def __init__(self, broker):
         if confluent_kafka is not None:
-            self._p = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 1})
+            # murmur2 like every other producer here: librdkafka's default (CRC32) puts keys elsewhere
+            self._p = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 1,
+                                               "partitioner": "murmur2_random"})
             self.send = lambda topic, value, key: self._produce(topic, value, key)
         else:
             self._p = KafkaProducer(**KafkaSettings.from_dict(kafka_dict(broker, "live")).producer_kwargs())

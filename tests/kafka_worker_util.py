@@ -23,6 +23,7 @@ from connectors.kafka.forecasts import iter_forecasts
 from connectors.kafka.transport import KafkaTransport
 from streamseq import config as config_mod
 from streamseq.forecast_json import decode_forecast
+from streamseq.localbroker import _die_with_parent
 
 CLIENTS = [pytest.param("kafka-python", id="kafka-python"), pytest.param("confluent", id="confluent")]
 
@@ -61,8 +62,9 @@ def start_worker(cfg_path: Path, log_path: Path, *, idle_s: float | None = 6.0,
     if idle_s is not None:
         args += ["--exit-when-idle", str(idle_s)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # A worker a failed test did not stop must not outlive pytest (it would spin against a dead broker).
     return subprocess.Popen(args, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_die_with_parent)
 
 
 def metric(port: int, name: str) -> float | None:

@@ -217,20 +217,25 @@ def test_rebalance_moves_keys_with_their_state(kafka_broker, tmp_path, client):
     feed_frame(kafka_broker, t["obs"], half, "key", "ts", ["value"])
     a = start_worker(cfg_a, tmp_path / "a.log", idle_s=None)
     b = start_worker(cfg_b, tmp_path / "b.log", idle_s=None)
-    both = lambda: (metric(pa, "streamseq_keys") or 0) > 0 and (metric(pb, "streamseq_keys") or 0) > 0  # noqa: E731
-    assert wait_for(both, 120), (tmp_path / "a.log").read_text()[-2000:] + (tmp_path / "b.log").read_text()[-2000:]
-    done = lambda: (metric(pa, "streamseq_records_in") or 0) + (metric(pb, "streamseq_records_in") or 0) >= half.height  # noqa: E731
-    assert wait_for(done, 120)
-    done_by_b = metric(pb, "streamseq_records_in") or 0
-    restored_before = metric(pa, "streamseq_restored_keys") or 0  # before B leaves: A may take over at once
-    assert kill(b, signal.SIGTERM) == 0  # graceful leave: A takes over B's partitions
-    feed_frame(kafka_broker, t["obs"], rest, "key", "ts", ["value"])
-    assert wait_for(lambda: (metric(pa, "streamseq_restored_keys") or 0) > restored_before, 120), \
-        (tmp_path / "a.log").read_text()[-3000:]
-    # B committed everything it consumed before leaving: A reads each remaining record once.
-    assert wait_for(lambda: (metric(pa, "streamseq_records_in") or 0) + done_by_b >= df.height, 180), \
-        (tmp_path / "a.log").read_text()[-3000:]
-    assert kill(a, signal.SIGTERM) == 0
+    try:
+        both = lambda: (metric(pa, "streamseq_keys") or 0) > 0 and (metric(pb, "streamseq_keys") or 0) > 0  # noqa: E731
+        assert wait_for(both, 120), (tmp_path / "a.log").read_text()[-2000:] + (tmp_path / "b.log").read_text()[-2000:]
+        done = lambda: (metric(pa, "streamseq_records_in") or 0) + (metric(pb, "streamseq_records_in") or 0) >= half.height  # noqa: E731
+        assert wait_for(done, 120)
+        done_by_b = metric(pb, "streamseq_records_in") or 0
+        restored_before = metric(pa, "streamseq_restored_keys") or 0  # before B leaves: A may take over at once
+        assert kill(b, signal.SIGTERM) == 0  # graceful leave: A takes over B's partitions
+        feed_frame(kafka_broker, t["obs"], rest, "key", "ts", ["value"])
+        assert wait_for(lambda: (metric(pa, "streamseq_restored_keys") or 0) > restored_before, 120), \
+            (tmp_path / "a.log").read_text()[-3000:]
+        # B committed everything it consumed before leaving: A reads each remaining record once.
+        assert wait_for(lambda: (metric(pa, "streamseq_records_in") or 0) + done_by_b >= df.height, 180), \
+            (tmp_path / "a.log").read_text()[-3000:]
+        assert kill(a, signal.SIGTERM) == 0
+    finally:  # a failed wait must not leave the workers running
+        for proc in (a, b):
+            if proc.poll() is None:
+                kill(proc, signal.SIGKILL)
     live = forecast_table(read_forecasts(kafka_broker, t["forecasts"]))
     replay = replay_of(tmp_path, df, "key", "ts", ["value"], WINDOWING, FORECAST)
     assert_live_matches_replay(live, replay, 40, 4)
