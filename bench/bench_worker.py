@@ -858,7 +858,8 @@ def main(argv=None) -> int:
                     help="Kafka clients, comma-separated: kafka-python, confluent (default: both when confluent-kafka "
                          "is installed)")
     ap.add_argument("--rounds", type=int, help="rounds of the configs, each after a raw run (default 2; quick 1)")
-    ap.add_argument("--windows", type=int, help="backlog windows per key (default 100; quick 20)")
+    ap.add_argument("--windows", type=int, help="backlog windows per key at 1 reading per window (default 100; quick "
+                                                "20); at N readings per window W/N (at least 10): about the same records")
     ap.add_argument("--keys", type=int, help="series keys (default 1000)")
     ap.add_argument("--configs", help=f"runs besides raw, comma-separated: rawfc (the raw loop sending one "
                                       f"forecast-sized message per record) or worker configs {', '.join(CONFIGS)} "
@@ -906,7 +907,8 @@ def main(argv=None) -> int:
     try:
         log(f"tansu on {broker.bootstrap} (pid {broker.pid}); clients {', '.join(clients)}")
         for pw in per_windows:
-            sz = Sizes(a.keys or base.keys, a.windows or base.windows, base.live, base.pace_s, a.rounds or base.rounds,
+            windows = max(10, round((a.windows or base.windows) / pw))  # about the same records at N per window
+            sz = Sizes(a.keys or base.keys, windows, base.live, base.pace_s, a.rounds or base.rounds,
                        a.cap or base.run_cap_s, (a.budget or base.total_s) * len(clients), ",".join(configs), pw)
             n, results = run_section(broker, sz, clients, configs, crc, a.threads, a.quick)
             sections.append((sz, n, results))
