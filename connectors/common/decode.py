@@ -6,8 +6,9 @@ is an RFC 3339 / ISO 8601 string (no offset = UTC) or an epoch number in
 ``time_unit``; value fields are JSON numbers (a number sent as a string is a dead letter).
 Anything else becomes a DeadLetter with a reason and its topic, partition and offset.
 
-A record is anything with ``key``, ``value``, ``topic``, ``partition`` and ``offset``
-attributes (kafka-python's ConsumerRecord; a thin view of a confluent-kafka Message).
+Records come per partition as columns (``decode_columns``: message keys, values, offsets), or as
+objects with ``key``, ``value``, ``topic``, ``partition`` and ``offset`` attributes (``decode``:
+kafka-python's ConsumerRecord).
 """
 from __future__ import annotations
 
@@ -43,7 +44,15 @@ class JsonObservationDecoder:
         self.max_record_bytes = max_record_bytes
 
     def decode(self, groups: Iterable[tuple[int, list]]) -> tuple[ObservationBatch, list[DeadLetter]]:
-        """``groups``: (partition id, records in offset order) per Kafka partition."""
+        """``groups``: (partition id, records in offset order) per Kafka partition; a record has ``key``,
+        ``value``, ``topic``, ``partition`` and ``offset`` attributes (kafka-python's ConsumerRecord)."""
+        return self.decode_columns([(pid, rs[0].topic, rs[0].partition, [r.key for r in rs], [r.value for r in rs],
+                                     [r.offset for r in rs]) for pid, rs in groups if rs])
+
+    def decode_columns(self, groups: Iterable[tuple[int, str, int, list, list, list]]
+                       ) -> tuple[ObservationBatch, list[DeadLetter]]:
+        """``groups``: (partition id, topic, partition, message keys, message values, offsets) per Kafka
+        partition, in offset order: what any client gives, with no Python object per record."""
         loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
         key_field, time_field, fields = self.key_field, self.time_field, self.value_fields
         max_bytes = self.max_record_bytes
@@ -52,7 +61,8 @@ class JsonObservationDecoder:
         keys: list[str] = []
         flat: list[float] = []
         offsets: list[int] = []
-        rows: list = []  # the records kept, for dead letters found after vectorised checks
+        rows: list[int] = []  # index in its group of each record kept, for dead letters found after vectorised checks
+        kept_groups: list = []
         pids: list[int] = []
         counts: list[int] = []
         iso_idx: list[int] = []
@@ -62,20 +72,26 @@ class JsonObservationDecoder:
         float_idx: list[int] = []
         float_val: list[float] = []
 
-        def dead(r, reason: str, key: str | None = None) -> None:
-            if key is None and r.key is not None and len(r.key) <= MAX_KEY_BYTES:
-                key = r.key.decode("utf-8", "replace")
-            letters.append(DeadLetter(reason, r.topic, r.partition, r.offset, r.value, key))
+        def letter(group, i: int, reason: str, key: str | None = None) -> DeadLetter:
+            _, topic, partition, raw_keys, raw_values, raw_offsets = group
+            rk = raw_keys[i]
+            if key is None and rk is not None and len(rk) <= MAX_KEY_BYTES:
+                key = rk.decode("utf-8", "replace")
+            return DeadLetter(reason, topic, partition, raw_offsets[i], raw_values[i], key)
 
-        for pid, records in groups:
+        for group in groups:
+            pid, _, _, raw_keys, raw_values, raw_offsets = group
+
+            def dead(i: int, reason: str, key: str | None = None, group=group) -> None:
+                letters.append(letter(group, i, reason, key))
+
             start = len(keys)
-            for r in records:
-                v = r.value
+            for i, v in enumerate(raw_values):
                 if v is None:
-                    dead(r, "empty_value: null message value")
+                    dead(i, "empty_value: null message value")
                     continue
                 if len(v) > max_bytes:
-                    dead(r, f"too_large: {len(v)} bytes > max_record_bytes {max_bytes}")
+                    dead(i, f"too_large: {len(v)} bytes > max_record_bytes {max_bytes}")
                     continue
                 if v[:3] == b"\xef\xbb\xbf":  # a UTF-8 byte-order mark some producers write
                     v = v[3:]
@@ -83,48 +99,48 @@ class JsonObservationDecoder:
                     obj = loads(v)
                 except JSONDecodeError as e:
                     code = "invalid_utf8" if "UTF-8" in str(e) else "not_json"
-                    dead(r, f"{code}: {e}")
+                    dead(i, f"{code}: {e}")
                     continue
                 if type(obj) is not dict:
-                    dead(r, f"not_object: JSON {type(obj).__name__}, expected an object")
+                    dead(i, f"not_object: JSON {type(obj).__name__}, expected an object")
                     continue
                 if key_field is None:
-                    k = r.key
+                    k = raw_keys[i]
                     if k is None:
-                        dead(r, "missing_key: message has no key")
+                        dead(i, "missing_key: message has no key")
                         continue
                     try:
                         k = k.decode("utf-8")
                     except UnicodeDecodeError:
-                        dead(r, "invalid_key: message key is not UTF-8")
+                        dead(i, "invalid_key: message key is not UTF-8")
                         continue
                 else:
                     k = obj.get(key_field)
                     if type(k) is not str:
                         if k is None:
-                            dead(r, f"missing_key: no field {key_field!r}")
+                            dead(i, f"missing_key: no field {key_field!r}")
                             continue
                         if type(k) is not int:
-                            dead(r, f"invalid_key: field {key_field!r} is {type(k).__name__}")
+                            dead(i, f"invalid_key: field {key_field!r} is {type(k).__name__}")
                             continue
                         k = str(k)
                 if not k or len(k) * 4 > MAX_KEY_BYTES or k.isspace():
                     fault = key_fault(k)
                     if fault is not None:
-                        dead(r, f"{fault[0]}: {fault[1]}", k if fault[0] == "missing_key" else None)
+                        dead(i, f"{fault[0]}: {fault[1]}", k if fault[0] == "missing_key" else None)
                         continue
                 t = obj.get(time_field)
                 tt = type(t)
                 if tt is not str and tt is not int and tt is not float:
                     if t is None:
-                        dead(r, f"missing_time: no field {time_field!r}", k)
+                        dead(i, f"missing_time: no field {time_field!r}", k)
                     else:
-                        dead(r, f"bad_time: field {time_field!r} is {tt.__name__}", k)
+                        dead(i, f"bad_time: field {time_field!r} is {tt.__name__}", k)
                     continue
                 try:
                     row = get_values(obj)
                 except KeyError as e:
-                    dead(r, f"missing_value: no field {e.args[0]!r}", k)
+                    dead(i, f"missing_value: no field {e.args[0]!r}", k)
                     continue
                 if single:
                     row = (row,)
@@ -133,7 +149,7 @@ class JsonObservationDecoder:
                         row = _coerce_row(row, fields)
                         break
                 if type(row) is str:
-                    dead(r, row, k)
+                    dead(i, row, k)
                     continue
                 n = len(keys)
                 if tt is str:
@@ -147,10 +163,11 @@ class JsonObservationDecoder:
                     float_val.append(t)
                 keys.append(k)
                 flat.extend(row)
-                offsets.append(r.offset)
-                rows.append(r)
+                offsets.append(raw_offsets[i])
+                rows.append(i)
             pids.append(pid)
             counts.append(len(keys) - start)
+            kept_groups.append(group)
 
         n, width = len(keys), len(fields)
         if n == 0:
@@ -182,18 +199,21 @@ class JsonObservationDecoder:
         )
         if keep.all():
             return batch, letters
+        group_of = np.repeat(np.arange(len(kept_groups)), counts)
         for i in np.flatnonzero(~keep):
-            r = rows[i]
+            g, r = kept_groups[group_of[i]], rows[i]
             if not time_ok[i]:
-                dead(r, f"bad_time: cannot read {self.time_field!r} as a time", keys[i])
+                letters.append(letter(g, r, f"bad_time: cannot read {self.time_field!r} as a time", keys[i]))
             elif not in_range[i]:
-                dead(r, f"time_out_of_range: {self.time_field!r} outside years 1970..2200", keys[i])
+                letters.append(letter(g, r, f"time_out_of_range: {self.time_field!r} outside years 1970..2200",
+                                      keys[i]))
             elif not finite[i]:
                 bad = [f for f, x in zip(self.value_fields, values[i]) if not np.isfinite(x)]
-                dead(r, f"non_finite: {', '.join(bad)}", keys[i])
+                letters.append(letter(g, r, f"non_finite: {', '.join(bad)}", keys[i]))
             else:
                 bad = [f for f, x in zip(self.value_fields, values[i]) if abs(x) > MAX_ABS_VALUE]
-                dead(r, f"value_out_of_range: {', '.join(bad)} beyond ±{MAX_ABS_VALUE:g}", keys[i])
+                letters.append(letter(g, r, f"value_out_of_range: {', '.join(bad)} beyond ±{MAX_ABS_VALUE:g}",
+                                      keys[i]))
         return batch.take(np.flatnonzero(keep)), letters
 
     # Epoch numbers always read as times; one outside 1970..2200 maps to -1 ns, which the range check rejects.

@@ -241,9 +241,11 @@ class ConfluentProducerHandle:
                 log.warning("producer closed with %d record(s) unacknowledged", left)
                 p.purge(in_queue=True, in_flight=True)
                 p.flush(0)
-            with warnings.catch_warnings():  # close() aborts what a fenced producer cannot: already said
-                warnings.simplefilter("ignore", RuntimeWarning)
-                p.close()
+            close = getattr(p, "close", None)  # confluent-kafka >= 2.10; older ones close when collected
+            if close is not None:
+                with warnings.catch_warnings():  # close() aborts what a fenced producer cannot: already said
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    close()
 
     # --- helpers ------------------------------------------------------------------
 

@@ -65,26 +65,6 @@ def _commit_error(err, what: str) -> KafkaConnectorError:
     return CommitError(f"{what}: {describe(err)}", retriable=retriable(err))
 
 
-class Record:
-    """A librdkafka Message seen as the decoder reads records (attributes, not methods)."""
-
-    __slots__ = ("key", "value", "offset", "_message")
-
-    def __init__(self, message):
-        self.key = message.key()
-        self.value = message.value()
-        self.offset = message.offset()
-        self._message = message
-
-    @property
-    def topic(self) -> str:
-        return self._message.topic()
-
-    @property
-    def partition(self) -> int:
-        return self._message.partition()
-
-
 class ConfluentSource(Source):
     """Keyed JSON observations from ``topics``, read by one consumer-group member (librdkafka).
 
@@ -176,24 +156,31 @@ class ConfluentPartition(GroupPartition):
             raise self._listener_error
         if not messages:
             return ObservationBatch.empty(self._width), []
-        groups: dict[tuple[str, int], list[Record]] = {}
-        for m in messages:
-            if m.error() is not None:
+        # Columns per partition, no Python object per record: a partition's records keep their order.
+        if len(self._topics) == 1:
+            topic = self._topics[0]
+            tps = [(topic, m.partition()) if m.error() is None else None for m in messages]
+        else:
+            tps = [(m.topic(), m.partition()) if m.error() is None else None for m in messages]
+        by_tp: dict[tuple[str, int], list] = {}
+        for m, tp in zip(messages, tps):
+            if tp is None:
                 self._message_error(m)
                 continue
-            tp = (m.topic(), m.partition())
-            records = groups.get(tp)
-            if records is None:
-                records = groups[tp] = []
-            records.append(Record(m))
-        out = []
-        for (topic, p), records in sorted(groups.items()):
+            ms = by_tp.get(tp)
+            if ms is None:
+                ms = by_tp[tp] = []
+            ms.append(m)
+        groups = []
+        for (topic, p), ms in sorted(by_tp.items()):
             tp = TopicPartition(topic, p)
             if tp not in self._owned:  # fetched before a revocation this member already handled
                 continue
-            out.append((partition_id(self._topic_index[topic], p), records))
-            self._positions[tp] = records[-1].offset + 1
-        return self._decoder.decode(out)
+            offsets = [m.offset() for m in ms]
+            groups.append((partition_id(self._topic_index[topic], p), topic, p, [m.key() for m in ms],
+                           [m.value() for m in ms], offsets))
+            self._positions[tp] = offsets[-1] + 1
+        return self._decoder.decode_columns(groups)
 
     def _message_error(self, m) -> None:
         err = m.error()
