@@ -290,8 +290,13 @@ def make_data(sz: Sizes):
     return backlog, live
 
 
-def kafka_dict(broker, group: str) -> dict:
-    return {"bootstrap_servers": broker.bootstrap, **LOCAL_CLIENT_SETTINGS, "group_id": group, **BENCH_KAFKA}
+# librdkafka properties of the confluent client's runs (--cf-compression); the backlog feed goes without them.
+CF_EXTRA: dict = {}
+
+
+def kafka_dict(broker, group: str, client: str = "kafka-python") -> dict:
+    return {"bootstrap_servers": broker.bootstrap, **LOCAL_CLIENT_SETTINGS, "group_id": group, **BENCH_KAFKA,
+            **(CF_EXTRA if client == "confluent" else {})}
 
 
 def feed_backlog(broker, topic: str, backlog: ObservationBatch) -> int:
@@ -423,7 +428,7 @@ def run_raw_confluent(broker, topic: str, total: int, rnd: int, cap_s: float, cr
     from confluent_kafka import Consumer, Producer
 
     res = RunResult("raw" if payload is None else "rawfc", rnd, "confluent")
-    settings = ConfluentSettings.from_dict(kafka_dict(broker, f"raw-{uuid.uuid4().hex[:8]}"))
+    settings = ConfluentSettings.from_dict(kafka_dict(broker, f"raw-{uuid.uuid4().hex[:8]}", "confluent"))
     out_topic = broker.unique_topic("raw-out")
     cf_ensure_topics(settings, [TopicSpec(out_topic, PARTITIONS)])
     consumer = Consumer(settings.consumer_config())
@@ -490,7 +495,7 @@ RAW_LOOPS = {"kafka-python": run_raw, "confluent": run_raw_confluent}
 def worker_config(broker, obs: str, models: list[str], ensemble: bool, threads: int, client: str = "kafka-python"):
     return config_mod.from_dict({
         "threads": threads,
-        "kafka": {"client": client, **kafka_dict(broker, f"worker-{uuid.uuid4().hex[:8]}")},
+        "kafka": {"client": client, **kafka_dict(broker, f"worker-{uuid.uuid4().hex[:8]}", client)},
         "topics": {"observations": [obs], "forecasts": broker.unique_topic("forecasts"),
                    "dead_letter": broker.unique_topic("dlq"), "changelog": broker.unique_topic("changelog"),
                    "partitions": PARTITIONS},
@@ -874,8 +879,13 @@ def main(argv=None) -> int:
                     help="readings per key and window, comma-separated for several workloads, e.g. 1,6 (default 1: "
                          "every record closes a window, so the worker publishes one forecast message per record; "
                          "sensors that report every 10 min into 1h windows: 6)")
+    ap.add_argument("--cf-compression", choices=["none", "lz4", "zstd", "snappy", "gzip"],
+                    help="compression.type of the confluent client's producers (raw loops and workers; default: "
+                         "librdkafka's, none). Consumers of the topic then need the codec (kafka-python: a package)")
     ap.add_argument("--json", help="write the figures as JSON to this path")
     a = ap.parse_args(argv)
+    if a.cf_compression:
+        CF_EXTRA["compression.type"] = a.cf_compression
     try:
         per_windows = [int(x) for x in a.per_window.split(",") if x.strip()]
     except ValueError:
@@ -929,7 +939,8 @@ def main(argv=None) -> int:
 
     load_end = round(os.getloadavg()[0], 2)
     print()
-    print(f"Stream worker vs each client's raw consume->produce loop; {mach['nproc']} x {mach['cpu']}; load average "
+    print(f"Stream worker vs each client's raw consume->produce loop{'; confluent: ' + str(CF_EXTRA) if CF_EXTRA else ''}; "
+          f"{mach['nproc']} x {mach['cpu']}; load average "
           f"{mach['loadavg_start']} at start, {load_end} at end; kafka-python {mach['kafka_python']} (CRC32C "
           f"{mach['crc32c']}), confluent-kafka {mach['confluent_kafka']} (librdkafka {mach['librdkafka']})")
     out = [report_section(sz, n, results, configs, mach) for sz, n, results in sections]
@@ -941,6 +952,7 @@ def main(argv=None) -> int:
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps({"machine": {**mach, "loadavg_end": load_end}, "clients": clients,
+                                            "confluent_properties": CF_EXTRA,
                                             "sections": out}, indent=2, default=float))
     return 0
 
