@@ -97,15 +97,12 @@ import numpy as np
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # connectors/ lives at the repository root
+if str(ROOT) not in sys.path:  # streamseq_connectors (a link to connectors/) lives at the repository root
     sys.path.insert(0, str(ROOT))
 
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 from kafka.record import default_records as _kafka_records  # noqa: E402
 
-from connectors.common.feed import observation_messages  # noqa: E402
-from connectors.kafka import KafkaSettings, TopicSpec, ensure_topics  # noqa: E402
-from connectors.kafka.transport import KafkaTransport  # noqa: E402
 from streamseq import config as config_mod  # noqa: E402
 from streamseq.compose import WorkerApp  # noqa: E402
 from streamseq.localbroker import LOCAL_CLIENT_SETTINGS, start_tansu  # noqa: E402
@@ -113,12 +110,15 @@ from streamseq.memory import MemoryPartition  # noqa: E402
 from streamseq.records import ObservationBatch  # noqa: E402
 from streamseq.specs import torch_threads  # noqa: E402
 from streamseq.synthetic import generate  # noqa: E402
+from streamseq_connectors.common.feed import observation_messages  # noqa: E402
+from streamseq_connectors.kafka import KafkaSettings, TopicSpec, ensure_topics  # noqa: E402
+from streamseq_connectors.kafka.transport import KafkaTransport  # noqa: E402
 
 try:  # the confluent client is an optional extra
     import confluent_kafka  # noqa: E402
 
-    from connectors.confluent import ConfluentSettings, ConfluentTransport  # noqa: E402
-    from connectors.confluent import ensure_topics as cf_ensure_topics  # noqa: E402
+    from streamseq_connectors.confluent import ConfluentSettings, ConfluentTransport  # noqa: E402
+    from streamseq_connectors.confluent import ensure_topics as cf_ensure_topics  # noqa: E402
 except Exception:  # noqa: BLE001 - ImportError, or the transport's ConfigError naming the extra
     confluent_kafka = None
 

@@ -6,6 +6,7 @@ same changelog semantics. Every wait loop is bounded.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -17,8 +18,14 @@ from kafka import KafkaConsumer
 from kafka import TopicPartition as KTopicPartition
 from kafka.partitioner.default import murmur2
 
-from connectors.common import dead_letter_json
-from connectors.confluent import (
+from streamseq import config as config_mod
+from streamseq import plugins
+from streamseq.compose import transport_name
+from streamseq.errors import ConfigError
+from streamseq.forecast_json import decode_forecast
+from streamseq.records import DeadLetter, ForecastBatch, ObservationBatch
+from streamseq_connectors.common import RestoreError, dead_letter_json
+from streamseq_connectors.confluent import (
     ConfluentChangelog,
     ConfluentDeadLetterSink,
     ConfluentForecastSink,
@@ -30,8 +37,8 @@ from connectors.confluent import (
     iter_forecasts,
     read_forecasts_frame,
 )
-from connectors.confluent.transport import ConfluentTransport
-from connectors.kafka import (
+from streamseq_connectors.confluent.transport import ConfluentTransport
+from streamseq_connectors.kafka import (
     ChangelogStore,
     KafkaDeadLetterSink,
     KafkaForecastSink,
@@ -43,12 +50,6 @@ from connectors.kafka import (
     TopicSpec,
     changelog_spec,
 )
-from streamseq import config as config_mod
-from streamseq import plugins
-from streamseq.compose import transport_name
-from streamseq.errors import ConfigError
-from streamseq.forecast_json import decode_forecast
-from streamseq.records import DeadLetter, ForecastBatch, ObservationBatch
 
 pytestmark = pytest.mark.timeout(90)
 kafka = pytest.mark.kafka
@@ -187,16 +188,19 @@ def test_the_client_setting_picks_the_transport_and_the_other_client_ignores_lib
     assert cf.linger_ms == 10 and cf.producer_config()["compression.type"] == "lz4"
 
 
-def test_without_the_extra_the_confluent_client_is_a_config_error_naming_it():
-    """The default install has no confluent-kafka: choosing the client says which extra to install."""
+def test_without_the_extra_the_confluent_client_is_one_line_naming_it_exit_2():
+    """The default install has no confluent-kafka: the default transport still loads, and a worker
+    with client = "confluent" stops at once with one line naming the extra (exit 2, a usage error)."""
     code = ("import sys; sys.modules['confluent_kafka'] = None\n"
-            "from streamseq import plugins\n"
-            "import connectors.kafka.transport  # the default transport still loads\n"
-            "try:\n    plugins.load('transports', 'confluent')\n"
-            "except Exception as e:\n    print(type(e).__name__, e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.startswith("ConfigError kafka.client") and "streamseq[confluent]" in out.stdout
+            "import streamseq_connectors.kafka.transport  # the default transport still loads\n"
+            "from streamseq.commands import main\n"
+            "sys.exit(main(['worker', '--bootstrap-servers', '127.0.0.1:1']))\n")
+    env = {**os.environ, "STREAMSEQ_KAFKA__CLIENT": "confluent"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("streamseq: error:"), out.stderr[-2000:]
+    assert "pip install 'streamseq[confluent]'" in lines[0]
 
 
 # --- source ------------------------------------------------------------------------
@@ -448,6 +452,8 @@ def test_changelog_restore_keeps_latest_and_honours_tombstones_whoever_wrote_it(
 
 @kafka
 def test_changelog_restore_is_bounded_by_an_open_transaction(settings, unique_topic):
+    """read_committed stops at another producer's open transaction: restore refuses the partial state
+    (a retriable RestoreError, in bounded time); once the transaction commits, the full state restores."""
     topic = unique_topic("state-tx")
     ensure_topics(settings, [changelog_spec(topic, 1)])
     writer = ConfluentProducerHandle(settings.replace(exactly_once=True, transactional_id=unique_topic("w")))
@@ -459,8 +465,12 @@ def test_changelog_restore_is_bounded_by_an_open_transaction(settings, unique_to
         writer.flush()
         reader = ConfluentChangelog(writer, settings.replace(isolation_level="read_committed"), topic, idle_s=0.5)
         started = time.monotonic()
-        assert reader.restore([0]) == {"a": b"committed"}
+        with pytest.raises(RestoreError) as failed:
+            reader.restore([0])
+        assert failed.value.retriable
         assert time.monotonic() - started < 5
+        writer.commit({}, None)
+        assert reader.restore([0]) == {"a": b"in flight"}
     finally:
         writer.close()
 

@@ -16,7 +16,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer
 from confluent_kafka import TopicPartition as CTopicPartition
 from kafka import KafkaConsumer, TopicPartition
 
-from connectors.kafka import (
+from streamseq.errors import ConfigError
+from streamseq.forecast_json import decode_forecast, load_schema
+from streamseq.memory import MemoryPartition
+from streamseq.records import DeadLetter, ForecastBatch, ObservationBatch
+from streamseq_connectors.kafka import (
     ChangelogStore,
     JsonObservationDecoder,
     KafkaDeadLetterSink,
@@ -34,10 +38,7 @@ from connectors.kafka import (
     parse_iso_times,
     read_forecasts_frame,
 )
-from streamseq.errors import ConfigError
-from streamseq.forecast_json import decode_forecast, load_schema
-from streamseq.memory import MemoryPartition
-from streamseq.records import DeadLetter, ForecastBatch, ObservationBatch
+from streamseq_connectors.kafka.changelog import RestoreError
 
 pytestmark = pytest.mark.timeout(60)
 kafka = pytest.mark.kafka
@@ -377,7 +378,7 @@ def test_forecast_sink_is_readable_by_confluent_kafka(settings, kafka_broker, un
 
     frame = read_forecasts_frame(settings, topic)
     assert frame.height == 12 * 3  # deduplicated, long form
-    from connectors.kafka import read_forecasts_pandas
+    from streamseq_connectors.kafka import read_forecasts_pandas
 
     pdf = read_forecasts_pandas(settings, topic)
     assert len(pdf) == 12 * 3 and {"key", "model", "origin", "step", "mean"} <= set(pdf.columns)
@@ -465,7 +466,8 @@ def test_changelog_restore_keeps_latest_and_honours_tombstones(settings, unique_
 
 @kafka
 def test_changelog_restore_is_bounded_by_an_open_transaction(settings, unique_topic):
-    """read_committed stops at another producer's open transaction: restore returns what is committed."""
+    """read_committed stops at another producer's open transaction: restore refuses the partial state
+    (a retriable RestoreError, in bounded time) instead of returning what lies before the open transaction."""
     topic = unique_topic("state-tx")
     ensure_topics(settings, [changelog_spec(topic, 1)])
     writer = KafkaProducerHandle(settings.replace(exactly_once=True, transactional_id=unique_topic("w")))
@@ -477,8 +479,12 @@ def test_changelog_restore_is_bounded_by_an_open_transaction(settings, unique_to
         writer.flush()
         reader = ChangelogStore(writer, settings.replace(isolation_level="read_committed"), topic, idle_s=0.5)
         started = time.monotonic()
-        assert reader.restore([0]) == {"a": b"committed"}
+        with pytest.raises(RestoreError) as failed:
+            reader.restore([0])
+        assert failed.value.retriable
         assert time.monotonic() - started < 5
+        writer.commit({}, None)  # once the transaction ends, the state restores in full
+        assert reader.restore([0]) == {"a": b"in flight"}
     finally:
         writer.close()
 

@@ -35,7 +35,7 @@ from kafka_worker_util import (
 )
 
 from streamseq import config as config_mod
-from streamseq.backtest import run_backtest
+from streamseq.backtesting import run_backtest
 from streamseq.synthetic import generate
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

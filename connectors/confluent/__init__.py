@@ -6,13 +6,7 @@ state out, exactly as connectors.kafka (kafka-python) does: the same decoding ru
 messages, errors and partitioning (murmur2 of the key), so the two can replace each
 other on the same topics.
 """
-try:
-    import confluent_kafka  # noqa: F401
-except ImportError as exc:  # the default install has no librdkafka
-    from streamseq.errors import ConfigError
-
-    raise ConfigError("kafka.client", "the confluent-kafka package for client = 'confluent' "
-                                      "(pip install 'streamseq[confluent]'), or client = 'kafka-python'") from exc
+import confluent_kafka  # noqa: F401 - first: without the extra, plugins.load names it (MissingExtra)
 
 from .admin import ensure_topics
 from .changelog import ConfluentChangelog

@@ -11,9 +11,8 @@ import time
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from connectors.common.errors import KafkaConnectorError, TopicMismatchError
-from connectors.common.topics import TopicSpec, changelog_spec
-
+from ..common.errors import KafkaConnectorError, TopicMismatchError
+from ..common.topics import TopicSpec, changelog_spec
 from .errors import describe, kafka_error, retriable
 from .settings import ConfluentSettings
 

@@ -6,8 +6,10 @@ from the beginning and keeps the latest value per key, honouring tombstones itse
 (Tansu never compacts; real Kafka leaves the head uncompacted). It stops at each
 partition's end as librdkafka sees it in its fetches (a partition-EOF event at the
 high watermark, or the last stable offset when reading ``read_committed``) — never
-ListOffsets, which is wrong on Tansu — or, below a known high watermark, after
-``idle_s`` without data.
+ListOffsets, which is wrong on Tansu. It never returns a partial state: below a
+known high watermark with nothing arriving for ``idle_s`` (a read_committed reader
+held back by another producer's open transaction, or a slow broker) it raises a
+retriable RestoreError, and the worker tries again within its outage budget.
 """
 from __future__ import annotations
 
@@ -17,9 +19,8 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as WireTopicPartition
 
-from connectors.common.errors import RestoreError
-from connectors.common.topics import fold_changelog
-
+from ..common.errors import RestoreError
+from ..common.topics import fold_changelog
 from .errors import describe, kafka_error, retriable
 from .settings import ConfluentSettings
 from .sink import ConfluentProducerHandle
@@ -31,7 +32,7 @@ class ConfluentChangelog:
     """Write per-key state to, and restore it from, a compacted changelog topic."""
 
     def __init__(self, handle: ConfluentProducerHandle, settings: ConfluentSettings, topic: str, *,
-                 restore_timeout_s: float = 300.0, idle_s: float = 2.0,
+                 restore_timeout_s: float = 300.0, idle_s: float = 20.0,
                  restore_fetch_bytes: int = 16 * 1024 * 1024):
         self.handle = handle
         self.settings = settings
@@ -98,12 +99,13 @@ class ConfluentChangelog:
             # transaction of another producer. An unknown watermark (no fetch answered yet) is never "caught up".
             highs = [consumer.get_watermark_offsets(WireTopicPartition(self.topic, p), cached=True)[1] for p in pending]
             if all(h is not None and h >= 0 for h in highs) and now - last_progress > self.idle_s:
-                log.warning("changelog %s: nothing readable for %.1fs below the high watermark of %s "
-                            "(an open transaction?); restoring what was read", self.topic, self.idle_s, sorted(pending))
-                break
+                raise RestoreError(
+                    f"changelog {self.topic!r}: nothing readable for {self.idle_s:g}s below the high watermark of "
+                    f"partitions {sorted(pending)} (an open transaction of another producer, or a slow broker); "
+                    f"not restoring a partial state", retriable=True)
             if now - start > self.restore_timeout_s:
                 raise RestoreError(f"changelog {self.topic!r}: not caught up after {self.restore_timeout_s}s "
-                                   f"({records_read} records read; behind on {sorted(pending)})")
+                                   f"({records_read} records read; behind on {sorted(pending)})", retriable=True)
         log.info("changelog %s: restored %d keys from %d records of partitions %s in %.2fs",
                  self.topic, len(state), records_read, partitions, time.monotonic() - start)
         return state

@@ -34,8 +34,9 @@ import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from connectors.common.settings import KafkaClientSettings
 from streamseq.errors import ConfigError
+
+from ..common.settings import KafkaClientSettings
 
 CLIENT = "confluent"
 COOPERATIVE = "cooperative-sticky"
@@ -229,5 +230,5 @@ class _QuietConfigWarnings(logging.Filter):
         return True
 
 
-LIBRDKAFKA_LOG = logging.getLogger("connectors.confluent.librdkafka")
+LIBRDKAFKA_LOG = logging.getLogger("streamseq_connectors.confluent.librdkafka")
 LIBRDKAFKA_LOG.addFilter(_QuietConfigWarnings())

@@ -25,12 +25,12 @@ import warnings
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as WireTopicPartition
 
-from connectors.common.deadletter import bounded_key, dead_letter_json
-from connectors.common.errors import CommitError, DeliveryError, KafkaConnectorError, ProducerFencedError
 from streamseq.forecast_json import encode_forecasts
 from streamseq.ports import DeadLetterSink, ForecastSink
 from streamseq.records import DeadLetter, ForecastBatch
 
+from ..common.deadletter import bounded_key, dead_letter_json
+from ..common.errors import CommitError, DeliveryError, KafkaConnectorError, ProducerFencedError
 from .errors import describe, fenced, kafka_error, retriable
 from .settings import ConfluentSettings
 
@@ -226,9 +226,9 @@ class ConfluentProducerHandle:
         self._closed = True
         p = self._producer
         try:
-            if self._in_transaction and self._fenced is None:
+            if self._in_transaction and self._fenced is None and timeout_s > 0:  # after a failure: no waiting
                 try:
-                    p.abort_transaction(max(timeout_s, 1.0))
+                    p.abort_transaction(timeout_s)
                 except KafkaException as e:
                     log.warning("aborting the open transaction on close failed: %s", describe(kafka_error(e)))
         finally:

@@ -23,13 +23,13 @@ from typing import Any, NamedTuple
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as WireTopicPartition
 
-from connectors.common.decode import TIME_UNITS, JsonObservationDecoder
-from connectors.common.errors import CommitError, DeliveryError, KafkaConnectorError
-from connectors.common.topics import kafka_partition, parse_position_key, partition_id, topic_index
 from streamseq.errors import ConfigError
 from streamseq.ports import GroupPartition, Source
 from streamseq.records import DeadLetter, ObservationBatch
 
+from ..common.decode import TIME_UNITS, JsonObservationDecoder
+from ..common.errors import CommitError, DeliveryError, KafkaConnectorError
+from ..common.topics import kafka_partition, parse_position_key, partition_id, topic_index
 from .errors import describe, kafka_error, retriable
 from .settings import ConfluentSettings
 from .sink import wire_offsets

@@ -12,11 +12,11 @@ import socket
 
 from confluent_kafka import KafkaError, KafkaException
 
-from connectors.common.errors import KafkaConnectorError
-from connectors.common.topics import TopicSpec, changelog_spec
 from streamseq.config import Config
 from streamseq.errors import ConfigError
 
+from ..common.errors import KafkaConnectorError
+from ..common.topics import TopicSpec, changelog_spec
 from .admin import ensure_topics
 from .changelog import ConfluentChangelog
 from .errors import describe, kafka_error
@@ -113,7 +113,7 @@ class ConfluentTransport:
     # -- tools for people and services -------------------------------------------
     def feed(self, part, topic: str, *, value_fields: list[str], key_field: str = "key",
              time_field: str = "ts", max_records: int | None = None) -> int:
-        from connectors.common.feed import feed
+        from ..common.feed import feed
 
         with self.reaching_the_cluster():
             handle = ConfluentProducerHandle(self.settings.replace(exactly_once=False, transactional_id=None))

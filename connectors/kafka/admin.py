@@ -10,9 +10,8 @@ import logging
 from kafka import KafkaAdminClient
 from kafka import errors as kerr
 
-from connectors.common.errors import KafkaConnectorError, TopicMismatchError
-from connectors.common.topics import TopicSpec, changelog_spec
-
+from ..common.errors import KafkaConnectorError, TopicMismatchError
+from ..common.topics import TopicSpec, changelog_spec
 from .settings import KafkaSettings
 
 __all__ = ["TopicMismatchError", "TopicSpec", "changelog_spec", "ensure_topics", "topic_partition_counts"]

@@ -1,4 +1,4 @@
 """Feeding a topic from any SourcePartition: see connectors.common.feed (the same for every client)."""
-from connectors.common.feed import feed, observation_messages
+from ..common.feed import feed, observation_messages
 
 __all__ = ["feed", "observation_messages"]

@@ -14,8 +14,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from connectors.common.settings import KafkaClientSettings
 from streamseq.errors import ConfigError
+
+from ..common.settings import KafkaClientSettings
 
 log = logging.getLogger(__name__)
 _crc_checked = False

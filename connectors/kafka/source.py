@@ -31,18 +31,18 @@ except ImportError:  # kafka-python 2.x: they run inside poll() on the caller's 
 from kafka.errors import IllegalStateError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from connectors.common.decode import (  # noqa: F401 - re-exported: kafka-python's names of old
+from streamseq.errors import ConfigError
+from streamseq.ports import GroupPartition, Source
+from streamseq.records import DeadLetter, ObservationBatch
+
+from ..common.decode import (  # noqa: F401 - re-exported: kafka-python's names of old
     MAX_TS_NS,
     MIN_TS_NS,
     TIME_UNITS,
     JsonObservationDecoder,
     parse_iso_times,
 )
-from connectors.common.topics import kafka_partition, parse_position_key, partition_id, topic_index
-from streamseq.errors import ConfigError
-from streamseq.ports import GroupPartition, Source
-from streamseq.records import DeadLetter, ObservationBatch
-
+from ..common.topics import kafka_partition, parse_position_key, partition_id, topic_index
 from .settings import KafkaSettings, warn_if_pure_python_crc
 
 log = logging.getLogger(__name__)
