@@ -45,14 +45,13 @@ def config(broker, tmp_path, t, group, **kw):
                                windowing=WINDOWING, forecast=FORECAST, **kw)
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-def test_a_crash_while_processing_commits_nothing_of_that_batch(kafka_broker, tmp_path, client):
+def test_a_crash_while_processing_commits_nothing_of_that_batch(kafka_broker, tmp_path):
     from streamseq.compose import WorkerApp
 
     t = topics(kafka_broker, "crashproc")
     df = synthetic(30, 120, seed=11)
     feed_frame(kafka_broker, t["obs"], df, "key", "ts", ["value"])
-    cfg_path = config(kafka_broker, tmp_path, t, t["group"], client=client)
+    cfg_path = config(kafka_broker, tmp_path, t, t["group"])
     app = WorkerApp(config_mod.load(cfg_path)).open()
     worker = app.worker
     naive = worker.pipeline.models["naive"]
@@ -124,7 +123,7 @@ def test_poison_records_are_dead_letters_and_change_no_forecast(kafka_broker, tm
     assert_live_matches_replay(live, replay, 12, 4)
 
 
-def _outage_run(tmp_path, budget_s: float, pause_s: float, client: str):
+def _outage_run(tmp_path, budget_s: float, pause_s: float, client: str = "kafka-python"):
     """A worker on its own broker, SIGSTOPped for ``pause_s`` while records flow."""
     broker = start_tansu()
     try:
@@ -149,9 +148,8 @@ def _outage_run(tmp_path, budget_s: float, pause_s: float, client: str):
         raise
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-def test_a_broker_outage_during_checkpoints_is_ridden_out(tmp_path, client):
-    broker, t, df, rc, log = _outage_run(tmp_path, budget_s=120, pause_s=20, client=client)
+def test_a_broker_outage_during_checkpoints_is_ridden_out(tmp_path):
+    broker, t, df, rc, log = _outage_run(tmp_path, budget_s=120, pause_s=20)
     try:
         assert rc == 0, log[-3000:]
         assert "retrying" in log, "the outage should have made a checkpoint retry"
@@ -162,9 +160,8 @@ def test_a_broker_outage_during_checkpoints_is_ridden_out(tmp_path, client):
         broker.stop()
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-def test_an_outage_beyond_the_budget_ends_the_worker_with_one_line_and_code_1(tmp_path, client):
-    broker, _, _, rc, log = _outage_run(tmp_path, budget_s=3, pause_s=25, client=client)
+def test_an_outage_beyond_the_budget_ends_the_worker_with_one_line_and_code_1(tmp_path):
+    broker, _, _, rc, log = _outage_run(tmp_path, budget_s=3, pause_s=25)
     try:
         assert rc == 1, log[-3000:]
         last = [line for line in log.splitlines() if line.startswith("streamseq: error:")]
@@ -174,10 +171,9 @@ def test_an_outage_beyond_the_budget_ends_the_worker_with_one_line_and_code_1(tm
         broker.stop()
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-def test_an_unreachable_broker_is_one_line_and_a_runtime_failure(tmp_path, client):
+def test_an_unreachable_broker_is_one_line_and_a_runtime_failure(tmp_path):
     cfg = tmp_path / "w.toml"
-    cfg.write_text(f'[kafka]\nclient = "{client}"\nbootstrap_servers = "127.0.0.1:{free_port()}"\nrequest_timeout_ms = 3000\n'
+    cfg.write_text(f'[kafka]\nbootstrap_servers = "127.0.0.1:{free_port()}"\nrequest_timeout_ms = 3000\n'
                    "session_timeout_ms = 2000\nheartbeat_interval_ms = 500\n[worker]\nhttp_port = 0\n")
     t0 = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "streamseq", "worker", "--config", str(cfg)],

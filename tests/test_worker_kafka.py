@@ -146,14 +146,7 @@ def test_live_equals_replay_on_both_clients_byte_for_byte_and_any_client_can_rea
     assert seen == len(raw["kafka-python"])
 
 
-# Both lateness settings on kafka-python; the one that needs the restored clocks on librdkafka too.
-LATENESS_BY_CLIENT = [pytest.param("kafka-python", "0s", id="kafka-python-0s"),
-                      pytest.param("kafka-python", "5min", id="kafka-python-5min"),
-                      pytest.param("confluent", "5min", id="confluent-5min")]
-
-
-@pytest.mark.parametrize("client, lateness", LATENESS_BY_CLIENT)
-def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path, client, lateness):
+def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path, lateness="5min"):
     t = topics(kafka_broker, "crash")
     df = synthetic(100, 500)
     assert df.height >= 50_000
@@ -162,7 +155,7 @@ def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path, client,
     windowing = {**WINDOWING, "allowed_lateness": lateness}
     cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
                               dlq=t["dlq"], changelog=t["changelog"], group=t["group"], value_fields=["value"],
-                              windowing=windowing, forecast=FORECAST, http_port=port, client=client)
+                              windowing=windowing, forecast=FORECAST, http_port=port)
     log = tmp_path / "w.log"
     for threshold in (6_000, 9_000, 12_000):
         proc = start_worker(cfg, log, idle_s=None)
@@ -179,8 +172,8 @@ def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path, client,
     assert read_raw(kafka_broker, t["dlq"], idle_s=1.0) == [], "no valid record may be dead-lettered"
 
 
-@pytest.mark.parametrize("client, lateness", LATENESS_BY_CLIENT)
-def test_exactly_once_mode_survives_sigkill(kafka_broker, tmp_path, client, lateness):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_exactly_once_mode_survives_sigkill(kafka_broker, tmp_path, client, lateness="5min"):
     """Transactions: Tansu leaves aborted records visible (KAFKA.md), so copies may exist; they must be identical."""
     t = topics(kafka_broker, "eos")
     df = synthetic(40, 300, seed=1)
@@ -242,8 +235,7 @@ def test_rebalance_moves_keys_with_their_state(kafka_broker, tmp_path, client):
     assert all(len(c) == 1 for c in live.values()), "graceful handover must not duplicate"
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-def test_bad_records_go_to_the_dead_letter_topic_and_change_nothing(kafka_broker, tmp_path, client):
+def test_bad_records_go_to_the_dead_letter_topic_and_change_nothing(kafka_broker, tmp_path):
     from kafka import KafkaProducer
 
     t = topics(kafka_broker, "bad")
@@ -277,7 +269,7 @@ def test_bad_records_go_to_the_dead_letter_topic_and_change_nothing(kafka_broker
     assert bad_sent == 1000
     cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
                               dlq=t["dlq"], changelog=t["changelog"], group=t["group"], value_fields=["value"],
-                              windowing=WINDOWING, forecast=FORECAST, client=client)
+                              windowing=WINDOWING, forecast=FORECAST)
     proc = start_worker(cfg, tmp_path / "w.log")
     assert proc.wait(timeout=240) == 0, (tmp_path / "w.log").read_text()[-3000:]
     dead = [json.loads(v) for _, v in read_raw(kafka_broker, t["dlq"])]
@@ -290,15 +282,14 @@ def test_bad_records_go_to_the_dead_letter_topic_and_change_nothing(kafka_broker
     assert_live_matches_replay(live, replay, 20, 4)
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-def test_sigterm_exits_zero_in_time_and_resumes_without_gap_or_duplicate(kafka_broker, tmp_path, client):
+def test_sigterm_exits_zero_in_time_and_resumes_without_gap_or_duplicate(kafka_broker, tmp_path):
     t = topics(kafka_broker, "term")
     df = synthetic(50, 300, seed=4)
     feed_frame(kafka_broker, t["obs"], df, "key", "ts", ["value"])
     port = free_port()
     cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
                               dlq=t["dlq"], changelog=t["changelog"], group=t["group"], value_fields=["value"],
-                              windowing=WINDOWING, forecast=FORECAST, http_port=port, client=client)
+                              windowing=WINDOWING, forecast=FORECAST, http_port=port)
     log = tmp_path / "w.log"
     proc = start_worker(cfg, log, idle_s=None)
     assert wait_for(lambda: (metric(port, "streamseq_records_in") or 0) >= 4_000, 120), log.read_text()[-3000:]
@@ -313,8 +304,7 @@ def test_sigterm_exits_zero_in_time_and_resumes_without_gap_or_duplicate(kafka_b
     assert all(len(c) == 1 for c in live.values()), "a clean stop must not cause redelivery"
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-def test_hot_swap_during_a_live_run_changes_the_version_with_no_gap(kafka_broker, tmp_path, client):
+def test_hot_swap_during_a_live_run_changes_the_version_with_no_gap(kafka_broker, tmp_path):
     from dataclasses import replace
 
     from streamseq.models.rnn import RNNNet
@@ -329,8 +319,7 @@ def test_hot_swap_during_a_live_run_changes_the_version_with_no_gap(kafka_broker
     reg_path = tmp_path / "registry"
     cfg_path = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
                                    dlq=t["dlq"], changelog=t["changelog"], group=t["group"], value_fields=["value"],
-                                   windowing=WINDOWING, forecast=FORECAST, http_port=port, registry=str(reg_path),
-                                   client=client)
+                                   windowing=WINDOWING, forecast=FORECAST, http_port=port, registry=str(reg_path))
     feed_frame(kafka_broker, t["obs"], first, "key", "ts", ["value"])
     log = tmp_path / "w.log"
     proc = start_worker(cfg_path, log, idle_s=None)
@@ -363,8 +352,7 @@ def test_hot_swap_during_a_live_run_changes_the_version_with_no_gap(kafka_broker
         assert set(versions[:swap_at]) == {"init"} and set(versions[swap_at:]) == {version}
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-def test_calendar_windows_live_equal_replay_and_target_the_month_ends(kafka_broker, tmp_path, client):
+def test_calendar_windows_live_equal_replay_and_target_the_month_ends(kafka_broker, tmp_path):
     """Monthly windows (months of 28 to 31 days) in the worker: the same forecasts as the replay,
     and each step's target_ts on the topic is the end of its calendar month."""
     from datetime import datetime
@@ -380,7 +368,7 @@ def test_calendar_windows_live_equal_replay_and_target_the_month_ends(kafka_brok
     feed_frame(kafka_broker, t["obs"], df, "key", "ts", ["value"])
     cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
                               dlq=t["dlq"], changelog=t["changelog"], group=t["group"], value_fields=["value"],
-                              windowing=windowing, forecast=forecast, client=client)
+                              windowing=windowing, forecast=forecast)
     proc = start_worker(cfg, tmp_path / "w.log")
     assert proc.wait(timeout=240) == 0, (tmp_path / "w.log").read_text()[-3000:]
     forecasts = read_forecasts(kafka_broker, t["forecasts"])
