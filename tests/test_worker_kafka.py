@@ -5,8 +5,11 @@ every copy of a forecast is identical; a rebalance moves keys with their state;
 bad records go to the dead-letter topic and change no valid forecast; SIGTERM
 exits 0 in time and the next start resumes with no gap and no duplicate.
 
-Every property holds on both Kafka clients (``client``: kafka-python, confluent =
-librdkafka), and both publish the same bytes for the same input.
+Every property is checked on the default client (kafka-python). The confluent client
+(librdkafka) runs a chosen few, to keep the broker suite's CI time: live = replay byte for
+byte beside kafka-python, exactly-once under SIGKILL, the rebalance, and (in
+test_worker_faults) poison records as dead letters; tests/test_confluent_connectors.py
+checks its connectors one by one against kafka-python's.
 """
 from __future__ import annotations
 
@@ -147,9 +150,11 @@ def test_live_equals_replay_on_both_clients_byte_for_byte_and_any_client_can_rea
 
 
 def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path, lateness="5min"):
+    """Lateness 5 min, as the shipped worker.toml: a restored partition's windows must not close early
+    (the no-stream-time sentinel and the committed clock); lateness 0 is the other worker tests' setting."""
     t = topics(kafka_broker, "crash")
-    df = synthetic(100, 500)
-    assert df.height >= 50_000
+    df = synthetic(60, 400)
+    assert df.height >= 24_000
     feed_frame(kafka_broker, t["obs"], df, "key", "ts", ["value"])
     port = free_port()
     windowing = {**WINDOWING, "allowed_lateness": lateness}
@@ -157,7 +162,7 @@ def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path, latenes
                               dlq=t["dlq"], changelog=t["changelog"], group=t["group"], value_fields=["value"],
                               windowing=windowing, forecast=FORECAST, http_port=port)
     log = tmp_path / "w.log"
-    for threshold in (6_000, 9_000, 12_000):
+    for threshold in (5_000, 10_000, 15_000):
         proc = start_worker(cfg, log, idle_s=None)
         reached = wait_for(lambda n=threshold: (metric(port, "streamseq_records_in") or 0) >= n, 120)
         assert reached, log.read_text()[-3000:]
@@ -167,14 +172,15 @@ def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path, latenes
 
     live = forecast_table(read_forecasts(kafka_broker, t["forecasts"]))
     replay = replay_of(tmp_path, df, "key", "ts", ["value"], windowing, FORECAST)
-    assert_live_matches_replay(live, replay, 100, 4)
+    assert_live_matches_replay(live, replay, 60, 4)
     assert any(len(c) > 1 for c in live.values()), "the kills should have caused redelivery"
     assert read_raw(kafka_broker, t["dlq"], idle_s=1.0) == [], "no valid record may be dead-lettered"
 
 
 @pytest.mark.parametrize("client", CLIENTS)
 def test_exactly_once_mode_survives_sigkill(kafka_broker, tmp_path, client, lateness="5min"):
-    """Transactions: Tansu leaves aborted records visible (KAFKA.md), so copies may exist; they must be identical."""
+    """Transactions: Tansu leaves aborted records visible (KAFKA.md), so copies may exist; they must be identical.
+    Lateness 5 min: with aborted state visible, the restored-partition path is hit on almost every kill."""
     t = topics(kafka_broker, "eos")
     df = synthetic(40, 300, seed=1)
     feed_frame(kafka_broker, t["obs"], df, "key", "ts", ["value"])
