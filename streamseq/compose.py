@@ -139,6 +139,7 @@ class WorkerApp:
         from .worker import StreamWorker
 
         cfg = self.cfg
+        transport_class = plugins.load("transports", self.transport_name)  # first: a missing extra fails at once
         self.pipeline = build_pipeline(cfg, value_cols=list(cfg.input.value_fields), clock=self.clock, streaming=True)
         if cfg.store.path:
             from .store import WindowStore
@@ -151,7 +152,7 @@ class WorkerApp:
             from .registry import ModelRegistry
 
             self.watcher = ModelWatcher(ModelRegistry(cfg.resolve(cfg.registry.path)), self.pipeline)
-        transport = plugins.load("transports", self.transport_name)(cfg).open()
+        transport = transport_class(cfg).open()
         # Not live when the loop has not come round for longer than the longest a checkpoint may retry,
         # plus a transaction's timeout and a minute (a call stuck for good: the orchestrator restarts us).
         stall_s = cfg.worker.outage_budget_s + cfg.kafka.get("transaction_timeout_ms", 60_000) / 1000 + 60
