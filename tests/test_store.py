@@ -143,7 +143,7 @@ def test_gap_filled_windows_are_flagged_never_targets(tmp_path):
 def test_samples_match_the_models_contexts(tmp_path, scale):
     """The store normalises inputs and targets exactly as the forecaster does at each origin."""
     cfg = TransformerConfig(context=6, d_model=8, heads=2, layers=1, ff=8, horizon=2, n_features=2, norm_alpha=0.05,
-                            scale=scale)
+                            scale=scale, baseline="blend" if scale == "level" else "none")
     m = TransformerForecaster(cfg)
     m.ensure_capacity(3)
     s = WindowStore(tmp_path)
