@@ -120,6 +120,7 @@ class TransformerSection:
     lr: float = 0.002
     early_stop: bool = True  # stop when the held-out MAE stops improving; keep the best epoch's weights
     patience: int = 2  # epochs without a better held-out MAE before stopping
+    max_steps: int = 400  # no new epoch after this many optimiser steps (0 = no limit): bounds a retrain's cost
     final_epochs: int = 0  # after the gate accepts: passes over every sample, held-out ones included (M1: no gain)
     baseline: str = "blend"  # the output corrects the naive/seasonal-naive blend ("none": the last value)
 

@@ -89,12 +89,13 @@ def masked_mae(pred: np.ndarray, Y: np.ndarray, unit: np.ndarray | None = None) 
 
 def fit(net: nn.Module, X: np.ndarray, Y: np.ndarray, *, epochs: int, batch_size: int, lr: float,
         seed: int, clip: float = 1.0, X_val: np.ndarray | None = None, Y_val: np.ndarray | None = None,
-        patience: int = 1) -> float:
+        patience: int = 1, max_steps: int = 0) -> float:
     """Adam on the masked smooth-L1 loss in each sample's unit (``loss_unit``); deterministic for a seed.
 
     With held-out samples: after each epoch their MAE is measured, training stops once it has not
-    improved for ``patience`` epochs, and the best epoch's weights are kept. Returns the kept epoch's
-    mean training loss."""
+    improved for ``patience`` epochs, and the best epoch's weights are kept. No epoch starts once
+    ``max_steps`` optimiser steps are done (0: no limit), so a large store costs a few epochs and a
+    small one gets its ``epochs``. Returns the kept epoch's mean training loss."""
     torch.manual_seed(seed)  # dropout
     gen = torch.Generator().manual_seed(seed)  # shuffling
     Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
@@ -109,8 +110,10 @@ def fit(net: nn.Module, X: np.ndarray, Y: np.ndarray, *, epochs: int, batch_size
     if early:
         best = _val_mae(net, X_val, Y_val)  # the starting weights (warm start) are a candidate too
         best_state = {k: v.clone() for k, v in net.state_dict().items()}
-    loss_sum, batches = float("nan"), 0
+    loss_sum, batches, steps = float("nan"), 0, 0
     for _ in range(epochs):
+        if max_steps and steps >= max_steps:
+            break
         net.train()
         loss_sum, batches = 0.0, 0
         perm = torch.randperm(len(Xt), generator=gen)
@@ -129,6 +132,7 @@ def fit(net: nn.Module, X: np.ndarray, Y: np.ndarray, *, epochs: int, batch_size
             opt.step()
             loss_sum += float(loss.detach())
             batches += 1
+        steps += batches
         if early:
             v = _val_mae(net, X_val, Y_val)
             if v < best:
@@ -349,7 +353,7 @@ class Trainer:
         t0 = time.perf_counter()
         loss = fit(net, data.X_train, data.Y_train, epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr, seed=seed,
                    X_val=data.X_val if tc.early_stop else None, Y_val=data.Y_val if tc.early_stop else None,
-                   patience=tc.patience)
+                   patience=tc.patience, max_steps=tc.max_steps)
         meta = {"train_loss": loss, "epochs": tc.epochs, "seed": seed, "warm_start": init is not None,
                 "train_seconds": round(time.perf_counter() - t0, 3)}
         return Candidate("transformer", net, artifact_config("transformer", params), meta)
