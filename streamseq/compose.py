@@ -14,20 +14,28 @@ import os
 
 from . import plugins
 from .config import Config
-from .models import NaiveForecaster, SeasonalNaiveForecaster, StatefulRNNForecaster
 from .models.base import BatchForecaster
 from .pipeline import Pipeline
 from .specs import rnn_config, season, torch_threads, transformer_config, window_spec
 from .threads import set_threads
 
+TORCH_MODELS = frozenset({"gru", "lstm", "transformer"})
+
 
 def build_model(cfg: Config, name: str, n_features: int) -> BatchForecaster:
+    """One model; its module (and torch or river) is imported only when it is asked for."""
     H, m = cfg.forecast.horizon, season(cfg)
     if name in ("gru", "lstm"):
+        from .models.rnn import StatefulRNNForecaster
+
         return StatefulRNNForecaster(rnn_config(cfg, name, n_features))
     if name == "naive":
+        from .models.naive import NaiveForecaster
+
         return NaiveForecaster(H)
     if name == "seasonal_naive":
+        from .models.naive import SeasonalNaiveForecaster
+
         return SeasonalNaiveForecaster(H, m)
     if name == "snarimax":
         from .models.river_baselines import SNARIMAXForecaster
@@ -46,7 +54,8 @@ def build_model(cfg: Config, name: str, n_features: int) -> BatchForecaster:
 
 def build_pipeline(cfg: Config, value_cols: list[str] | None = None, clock=None,
                    streaming: bool = False) -> Pipeline:
-    set_threads(torch_threads(cfg, streaming))
+    if TORCH_MODELS.intersection(cfg.forecast.models):  # torch is not even imported without them
+        set_threads(torch_threads(cfg, streaming))
     cols = value_cols or cfg.source.value_cols
     spec = window_spec(cfg, cols)
     models = [build_model(cfg, n, spec.n_features) for n in cfg.forecast.models]
