@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from streamseq.config import from_dict
 from streamseq.compose import build_pipeline
+from streamseq.config import from_dict
 from streamseq.records import ObservationBatch
 from streamseq.state_codec import decode_keys, encode_keys
 from streamseq.synthetic import generate

@@ -81,14 +81,14 @@ class Checkpoint:
     def commit(self) -> None:
         """Flush, write state, commit offsets with their clocks. Raises RecordsLost when records
         were lost for good (the caller rewinds), WorkerFailure beyond the outage budget."""
-        self._retrying("flush", self.producer.flush)
+        self.retrying("flush", self.producer.flush)
         keys = self.pipeline.dirty_keys()
         if keys:
             self._write_state(keys)
         owned = set(self.part.assignment())
         offsets = {tp: (off, self._clock_metadata(tp)) for tp, off in self.part.position_offsets().items()
                    if tp in owned}
-        self._retrying("commit", lambda: self.producer.commit(offsets, self.part))
+        self.retrying("commit", lambda: self.producer.commit(offsets, self.part))
         self.pipeline.clear_dirty()  # only now: a failed commit must write these keys again
         self.metrics.checkpoints.inc()
         self.pending = 0
@@ -117,7 +117,7 @@ class Checkpoint:
         clock = self.pipeline.windower.clock(self.part.partition_id(tp))
         return "" if clock is None else json.dumps({"format": CLOCK_METADATA, **clock}, separators=(",", ":"))
 
-    def _retrying(self, what: str, fn):
+    def retrying(self, what: str, fn):
         """Call ``fn`` until it succeeds, retrying errors marked retriable with backoff for up to the
         outage budget. A delivery that failed for good raises RecordsLost."""
         budget = self.policy.outage_budget_s
@@ -130,7 +130,9 @@ class Checkpoint:
                 return result
             except StreamseqError as exc:
                 if not getattr(exc, "retriable", False):
-                    if what == "flush" or type(exc).__name__ == "DeliveryError":
+                    if what in ("flush", "commit") and type(exc).__name__ in ("DeliveryError", "CommitError"):
+                        # records lost for good, or offsets the group refused (it moved on, or a transaction
+                        # ended in an unknown state): nothing past the last commit counts; read it again
                         raise RecordsLost(str(exc)) from exc
                     raise
                 waited = self.clock.monotonic() - start
@@ -160,8 +162,8 @@ class Checkpoint:
         committed offsets. Returns the keys restored."""
         self.forget_everything()
         owned = list(self.part.assignment())
-        self._retrying("rewind", self.part.rewind_to_committed)
-        return self._retrying("restore", lambda: self.restore(owned))
+        self.retrying("rewind", self.part.rewind_to_committed)
+        return self.retrying("restore", lambda: self.restore(owned))
 
     def restore(self, tps) -> int:
         """State and clocks of partitions just gained (keys already held are kept). Returns keys restored."""

@@ -143,8 +143,11 @@ class WorkerApp:
 
             self.watcher = ModelWatcher(ModelRegistry(cfg.resolve(cfg.registry.path)), self.pipeline)
         transport = plugins.load("transports", self.transport_name)(cfg).open()
+        # Not live when the loop has not come round for longer than the longest a checkpoint may retry,
+        # plus a transaction's timeout and a minute (a call stuck for good: the orchestrator restarts us).
+        stall_s = cfg.worker.outage_budget_s + cfg.kafka.get("transaction_timeout_ms", 60_000) / 1000 + 60
         self.worker = StreamWorker(cfg, self.pipeline, transport, clock=self.clock, metrics=WorkerMetrics(),
-                                   health=Health(), watcher=self.watcher)
+                                   health=Health(stall_s), watcher=self.watcher)
         return self
 
     def close(self) -> None:

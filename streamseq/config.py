@@ -338,9 +338,8 @@ def _env_scalar(value: str):
 
 def validate(cfg: Config) -> None:
     w, f = cfg.windowing, cfg.forecast
-    w.grid  # parses or raises (interval and time zone)
-    w.lateness_ns  # parses or raises
-    w.time_jump_ns
+    for parsed in ("grid", "lateness_ns", "time_jump_ns"):  # each parses or raises a ConfigError
+        getattr(w, parsed)
     if w.gap not in ("ffill", "skip"):
         raise ConfigError("windowing.gap", f"'ffill' or 'skip', got {w.gap!r}")
     if f.horizon < 1 or f.horizon > 10_000:

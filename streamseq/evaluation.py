@@ -173,8 +173,8 @@ def score(forecasts: pl.DataFrame, actuals: pl.DataFrame, season: int) -> pl.Dat
 
     A mean that is non-finite or further than ``1e6 * (key scale + 1)`` from
     the actual is counted in ``diverged`` and left out of every other metric:
-    river's SNARIMAX can diverge to ~1e200 on unscaled series (see
-    PITFALLS.md), and one such row would otherwise make MAE/RMSE meaningless
+    river's SNARIMAX can diverge to ~1e200 on unscaled series (seen on real
+    pedestrian and electricity price streams), and one such row would otherwise make MAE/RMSE meaningless
     for the whole model. Metrics of a group with nothing to score are null.
 
     >>> from datetime import datetime, timezone

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -37,12 +38,31 @@ class WorkerMetrics:
 
 
 class Health:
-    """live: the process loop runs; ready: state restored for the current assignment."""
+    """live: the process loop runs and has come round within ``stall_s`` (a loop stuck in a call that
+    never returns is not live: the orchestrator restarts it); ready: state restored for the current
+    assignment."""
 
-    def __init__(self) -> None:
-        self.live = True
+    def __init__(self, stall_s: float = 0.0, clock=time.monotonic) -> None:
+        self._live = True
         self.ready = False
         self.detail = "starting"
+        self.stall_s = stall_s  # 0 = no stall check
+        self._clock = clock
+        self._beat = clock()
+
+    def beat(self) -> None:
+        """The loop came round."""
+        self._beat = self._clock()
+
+    @property
+    def live(self) -> bool:
+        if not self._live:
+            return False
+        return not self.stall_s or self._clock() - self._beat <= self.stall_s
+
+    @live.setter
+    def live(self, value: bool) -> None:
+        self._live = value
 
 
 class HealthServer:

@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
-import math
 import time
 import uuid
 from dataclasses import asdict, fields
@@ -45,7 +45,7 @@ from typing import get_type_hints
 
 import torch
 
-from .errors import UsageError, ArtifactError, StreamseqError
+from .errors import ArtifactError, UsageError
 
 FORMAT = "streamseq.model/v1"
 WEIGHTS = "weights.safetensors"
@@ -94,11 +94,11 @@ def build_net(config: dict):
     if not isinstance(params, dict):
         raise ArtifactError("config.json has no 'params' table")
     if kind == "transformer":
-        from .models.transformer import TransformerConfig as cls
-        from .models.transformer import TransformerNet as net_cls
+        from .models.transformer import TransformerConfig as cls  # noqa: N813 - the config class of this kind
+        from .models.transformer import TransformerNet as net_cls  # noqa: N813
     elif kind == "rnn":
-        from .models.rnn import RNNConfig as cls
-        from .models.rnn import RNNNet as net_cls
+        from .models.rnn import RNNConfig as cls  # noqa: N813
+        from .models.rnn import RNNNet as net_cls  # noqa: N813
     else:
         raise ArtifactError(f"config.json names an unknown model kind {str(kind)[:80]!r}")
     _check_params(kind, params, cls)
@@ -156,7 +156,7 @@ class ModelRegistry:
             meta = {**meta, "name": name, "created_ns": self._now(), "sha256": digest,
                     "torch": torch.__version__}
             _write_json(tmp / "config.json", config)
-            for attempt in range(100):  # another publisher may take the same number: take the next
+            for _ in range(100):  # another publisher may take the same number: take the next
                 version = f"v{self._last_number(name) + 1:04d}"
                 _write_json(tmp / "meta.json", {**meta, "version": version})
                 try:

@@ -120,7 +120,7 @@ def decode_keys(records: dict[str, bytes], template: dict[str, np.ndarray] | Non
     return keys, state
 
 
-def _plausible(keys, state, fit: "_Template", refused, parts):
+def _plausible(keys, state, fit: _Template, refused, parts):
     """Values no worker writes, found in one vectorised pass over the stacked records: floats that are
     not finite where a fresh key's are (NaN stands for "not known yet"; inf never), integers below a
     fresh key's value or 0 (counters only grow; a count of -1 divides by zero). A model or calibrator

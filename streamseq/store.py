@@ -34,7 +34,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -53,12 +53,12 @@ _PART = re.compile(r"^part-(?:.+-)?(\d+)\.parquet$")
 
 
 def _day_name(day: int) -> str:
-    return "date=" + datetime.fromtimestamp(day * 86_400, tz=timezone.utc).strftime("%Y-%m-%d")
+    return "date=" + datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%d")
 
 
 def _day_of(folder: str) -> int | None:
     try:
-        d = datetime.strptime(folder, "date=%Y-%m-%d").replace(tzinfo=timezone.utc)
+        d = datetime.strptime(folder, "date=%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
         return None
     return int(d.timestamp()) // 86_400
@@ -108,7 +108,7 @@ class WindowStore:
         self._buf = _Buffer([], [], [], [], [])
 
     @classmethod
-    def from_config(cls, cfg, writer: str = "") -> "WindowStore":
+    def from_config(cls, cfg, writer: str = "") -> WindowStore:
         from .timeutil import parse_duration
 
         s = cfg.store
@@ -240,7 +240,7 @@ class WindowStore:
                 missing = [c for c in RESERVED if c not in df.columns]
                 if missing:
                     raise ValueError(f"missing columns {missing}")
-            except Exception as exc:  # corrupt, truncated or foreign file: never stop the reader
+            except Exception as exc:  # noqa: BLE001 - corrupt, truncated or foreign file: never stop the reader
                 if str(p) not in self._bad:
                     self._bad.add(str(p))
                     self.unreadable += 1
@@ -269,7 +269,7 @@ class WindowStore:
                     continue
                 try:
                     ends.append(int(pl.read_parquet(p, columns=["end"])["end"].dt.epoch("ns").max()))
-                except Exception:  # unreadable: read() warns and counts it
+                except Exception:  # noqa: BLE001 - unreadable: read() warns and counts it
                     continue
             if len(ends) > (self.newest_end is not None):
                 break

@@ -109,11 +109,11 @@ def _counts(rng: np.random.Generator, n_keys: int, n_windows: int,
     if irregular:
         drawn = rng.random((n_keys, n_windows)) < _GAP_START_P
         starts = drawn.copy()
-        for d in range(1, _GAP_MAX + 1):  # drop a start close after another: runs never merge
+        for d in range(1, min(_GAP_MAX, n_windows - 1) + 1):  # drop a start close after another: runs never merge
             starts[:, d:] &= ~drawn[:, : n_windows - d]
         lengths = rng.integers(1, _GAP_MAX + 1, (n_keys, n_windows))
         empty = np.zeros((n_keys, n_windows), dtype=bool)
-        for d in range(_GAP_MAX):
+        for d in range(min(_GAP_MAX, n_windows)):
             empty[:, d:] |= (starts & (lengths > d))[:, : n_windows - d]
         counts[empty] = 0
     return counts.astype(np.int64)

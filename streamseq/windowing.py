@@ -21,10 +21,9 @@ and its features (for forward-fill), its partition and its latest event time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-
-from typing import Any
 
 from .errors import ConfigError
 from .grid import FixedGrid

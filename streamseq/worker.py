@@ -66,6 +66,7 @@ class StreamWorker:
         self._check_models(force=True)
         try:
             while not stop.is_set():
+                self.health.beat()
                 batch, letters = self.part.next_batch()
                 t0 = self.clock.monotonic()
                 self.pipeline.process(batch, self.part, letters)
@@ -146,7 +147,8 @@ class StreamWorker:
             moved = {self.part.kafka_partition(self.part.partition_id(tp)) for tp in gone}
             n = self.checkpoint.forget_partitions(moved)
             log.info("forgot %d keys of moved partitions %s", n, sorted(moved))
-        restored = self.checkpoint.restore(sorted(new - self._owned))
+        gained = sorted(new - self._owned)
+        restored = self.checkpoint.retrying("restore", lambda: self.checkpoint.restore(gained))
         self._owned = new
         dt = self.clock.monotonic() - t0
         self.metrics.restore_seconds.observe(dt)

@@ -34,6 +34,7 @@ from connectors.kafka import (
     parse_iso_times,
     read_forecasts_frame,
 )
+from connectors.kafka.changelog import RestoreError
 from streamseq.errors import ConfigError
 from streamseq.forecast_json import decode_forecast, load_schema
 from streamseq.memory import MemoryPartition
@@ -465,7 +466,8 @@ def test_changelog_restore_keeps_latest_and_honours_tombstones(settings, unique_
 
 @kafka
 def test_changelog_restore_is_bounded_by_an_open_transaction(settings, unique_topic):
-    """read_committed stops at another producer's open transaction: restore returns what is committed."""
+    """read_committed stops at another producer's open transaction: restore refuses the partial state
+    (a retriable RestoreError, in bounded time) instead of returning what lies before the open transaction."""
     topic = unique_topic("state-tx")
     ensure_topics(settings, [changelog_spec(topic, 1)])
     writer = KafkaProducerHandle(settings.replace(exactly_once=True, transactional_id=unique_topic("w")))
@@ -477,8 +479,12 @@ def test_changelog_restore_is_bounded_by_an_open_transaction(settings, unique_to
         writer.flush()
         reader = ChangelogStore(writer, settings.replace(isolation_level="read_committed"), topic, idle_s=0.5)
         started = time.monotonic()
-        assert reader.restore([0]) == {"a": b"committed"}
+        with pytest.raises(RestoreError) as failed:
+            reader.restore([0])
+        assert failed.value.retriable
         assert time.monotonic() - started < 5
+        writer.commit({}, None)  # once the transaction ends, the state restores in full
+        assert reader.restore([0]) == {"a": b"in flight"}
     finally:
         writer.close()
 

@@ -126,3 +126,9 @@ def test_write_and_cli(tmp_path, suffix):
         assert (back["value"] - df["value"]).abs().max() < 1e-9
     with pytest.raises(ConfigError):
         write(df, tmp_path / "s.json")
+
+
+@pytest.mark.parametrize("windows", [1, 2, 5, 6])
+def test_very_short_streams_generate(windows):
+    df = generate(3, windows, seed=1)
+    assert df["key"].n_unique() <= 3 and df.height <= 3 * windows * 2

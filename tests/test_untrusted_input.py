@@ -23,13 +23,13 @@ import orjson
 import polars as pl
 import pytest
 import torch
+from helpers import H, obs
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from connectors.kafka.settings import KafkaSettings
 from connectors.kafka.source import JsonObservationDecoder
 from connectors.replay import ReplaySource
-from helpers import H, obs
 from streamseq.config import load as load_config
 from streamseq.errors import StreamseqError
 from streamseq.registry import ModelRegistry, artifact_config
@@ -425,7 +425,7 @@ def test_registry_artifacts_fuzzed(tmp_path):
     marker = tmp_path / "pwned"
     params = json.loads(originals["config.json"])["params"]
     odd = [None, True, -1, 0, 2**70, 1.5, float("nan"), "x", [], {}, "8", 10**6, 2**14 + 1]
-    for i in range(150):
+    for _ in range(150):
         target = rng.choice(["weights.safetensors", "config.json", "meta.json", "PROMOTED"])
         path = reg.path / "transformer" / "PROMOTED" if target == "PROMOTED" else where / target
         data = promoted if target == "PROMOTED" else originals[target]
@@ -682,11 +682,20 @@ def test_worker_restores_river_baselines_and_shrugs_off_a_poisoned_changelog(kaf
     import signal
 
     from kafka import KafkaProducer
-
-    from kafka_worker_util import (feed_frame, forecast_table, free_port, kill, metric, read_forecasts,
-                                   start_worker, wait_for, write_worker_config)
-    from streamseq.synthetic import generate
+    from kafka_worker_util import (
+        feed_frame,
+        forecast_table,
+        free_port,
+        kill,
+        metric,
+        read_forecasts,
+        start_worker,
+        wait_for,
+        write_worker_config,
+    )
     from test_worker_kafka import assert_live_matches_replay, replay_of, topics
+
+    from streamseq.synthetic import generate
 
     t = topics(kafka_broker, "poison")
     df = generate(12, 160, seed=4, irregular=False).with_columns(pl.col("key").cast(pl.String))

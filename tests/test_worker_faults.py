@@ -181,3 +181,19 @@ def test_an_unreachable_broker_is_one_line_and_a_runtime_failure(tmp_path):
     errors = [line for line in out.stderr.splitlines() if line.startswith("streamseq: error:")]
     assert len(errors) == 1 and "127.0.0.1" in errors[0], out.stderr[-2000:]
     assert time.monotonic() - t0 < 60
+
+
+def test_a_stuck_loop_is_not_live():
+    from streamseq.metrics import Health
+
+    now = [0.0]
+    h = Health(stall_s=10, clock=lambda: now[0])
+    assert h.live
+    now[0] = 9.0
+    assert h.live
+    now[0] = 11.0
+    assert not h.live  # the loop has not come round: /healthz answers 503
+    h.beat()
+    assert h.live
+    h.live = False
+    assert not h.live

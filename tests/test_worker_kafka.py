@@ -190,8 +190,8 @@ def test_rebalance_moves_keys_with_their_state(kafka_broker, tmp_path):
     done = lambda: (metric(pa, "streamseq_records_in") or 0) + (metric(pb, "streamseq_records_in") or 0) >= half.height  # noqa: E731
     assert wait_for(done, 120)
     done_by_b = metric(pb, "streamseq_records_in") or 0
+    restored_before = metric(pa, "streamseq_restored_keys") or 0  # before B leaves: A may take over at once
     assert kill(b, signal.SIGTERM) == 0  # graceful leave: A takes over B's partitions
-    restored_before = metric(pa, "streamseq_restored_keys") or 0
     feed_frame(kafka_broker, t["obs"], rest, "key", "ts", ["value"])
     assert wait_for(lambda: (metric(pa, "streamseq_restored_keys") or 0) > restored_before, 120), \
         (tmp_path / "a.log").read_text()[-3000:]

@@ -10,9 +10,11 @@ with ``changelog_spec``) and ``cleanup.policy=compact``.
 dropping tombstoned keys itself: Tansu accepts ``cleanup.policy=compact`` but
 never compacts, and on real Kafka the uncompacted head needs the same care.
 It stops when each partition's position reaches the highwater mark seen in a
-fetch (``end_offsets()`` is wrong on Tansu), or, below a known highwater, after
-``idle_s`` without data (a read_committed reader held back by another
-producer's open transaction).
+fetch (``end_offsets()`` is wrong on Tansu). It never returns a partial state:
+below a known highwater with nothing arriving for ``idle_s`` (a read_committed
+reader held back by another producer's open transaction, or a slow broker) it
+raises a retriable RestoreError, and the worker tries again within its outage
+budget (an open transaction ends when its timeout aborts it).
 
 With ``exactly_once`` the restore reads ``read_committed``. Real Kafka then
 hides states written by aborted transactions; Tansu does not (it reports no
@@ -47,7 +49,7 @@ class ChangelogStore:
         topic: str,
         *,
         restore_timeout_s: float = 300.0,
-        idle_s: float = 2.0,
+        idle_s: float = 20.0,
         restore_fetch_bytes: int = 16 * 1024 * 1024,
     ):
         self.handle = handle
@@ -123,15 +125,15 @@ class ChangelogStore:
             # Below a known highwater with nothing arriving: a read_committed reader blocked by an open
             # transaction of another producer. An unknown highwater (no fetch answered yet) is never "caught up".
             if all(hw is not None for hw in highwater.values()) and now - last_progress > self.idle_s:
-                log.warning("changelog %s: nothing readable for %.1fs below the highwater of %s "
-                            "(an open transaction?); restoring what was read", self.topic, self.idle_s,
-                            sorted(tp.partition for tp in pending))
-                break
+                raise RestoreError(
+                    f"changelog {self.topic!r}: nothing readable for {self.idle_s:g}s below the highwater of "
+                    f"partitions {sorted(tp.partition for tp in pending)} (an open transaction of another "
+                    f"producer, or a slow broker); not restoring a partial state", retriable=True)
             if now - start > self.restore_timeout_s:
                 raise RestoreError(
                     f"changelog {self.topic!r}: not caught up after {self.restore_timeout_s}s "
-                    f"({records_read} records read; behind on {sorted(tp.partition for tp in pending)})"
-                )
+                    f"({records_read} records read; behind on {sorted(tp.partition for tp in pending)})",
+                    retriable=True)
         log.info("changelog %s: restored %d keys from %d records of partitions %s in %.2fs",
                  self.topic, len(state), records_read, [tp.partition for tp in tps], time.monotonic() - start)
         return state

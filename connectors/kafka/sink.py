@@ -73,6 +73,9 @@ class KafkaProducerHandle:
     def __init__(self, settings: KafkaSettings, *, flush_timeout_s: float = 30.0):
         self.settings = settings
         self.transactional = settings.exactly_once
+        # kafka-python waits on transaction requests without a deadline; a broker that never answers
+        # (restarted under the worker) must end in an error the worker acts on, not a hang.
+        self.transaction_wait_s = max(flush_timeout_s, settings.transaction_timeout_ms / 1000)
         self.flush_timeout_s = flush_timeout_s
         self._lock = threading.Lock()
         self._errors: list[tuple[str, BaseException]] = []  # filled by the sender thread
@@ -210,18 +213,34 @@ class KafkaProducerHandle:
             metadata = consumer.group_metadata()
             oam = _offsets_and_metadata(offsets)
             try:
-                self._guard(self._producer.send_offsets_to_transaction, oam, metadata)
+                self._guard(self._transaction_call, "send_offsets_to_transaction", oam, metadata)
             except ProducerFencedError:
                 raise
             except kerr.KafkaError as e:
                 raise CommitError(f"offsets not added to the transaction: {type(e).__name__}: {e}") from e
         try:
-            self._guard(self._producer.commit_transaction)
+            self._guard(self._transaction_call, "begin_commit")
         except ProducerFencedError:
             raise
         except kerr.KafkaError as e:
             raise CommitError(f"transaction not committed: {type(e).__name__}: {e}") from e
         self._in_transaction = False
+
+    def _transaction_call(self, name: str, *args) -> None:
+        """A transaction manager request awaited for at most ``transaction_wait_s`` (kafka-python's
+        own methods wait forever). A timeout raises KafkaTimeoutError: the transaction is then in an
+        unknown state, and the worker rewinds (abort) or stops."""
+        manager = getattr(self._producer, "_transaction_manager", None)
+        if manager is None or not hasattr(manager, name):  # another kafka-python: its public call, unbounded
+            public = {"send_offsets_to_transaction": self._producer.send_offsets_to_transaction,
+                      "begin_commit": self._producer.commit_transaction,
+                      "begin_abort": self._producer.abort_transaction}[name]
+            public(*args)
+            return
+        result = getattr(manager, name)(*args)
+        self._producer._sender.wakeup()
+        if not result.wait(timeout_ms=int(self.transaction_wait_s * 1000)):
+            raise kerr.KafkaTimeoutError(f"{name} not answered within {self.transaction_wait_s:g}s")
 
     @staticmethod
     def _commit_plain(offsets: dict, consumer) -> None:
@@ -243,7 +262,7 @@ class KafkaProducerHandle:
             self._in_transaction = False
             return
         try:
-            self._guard(self._producer.abort_transaction)
+            self._guard(self._transaction_call, "begin_abort")
         finally:
             self._in_transaction = False
 
@@ -253,9 +272,9 @@ class KafkaProducerHandle:
             return
         self._closed = True
         try:
-            if self._in_transaction and self._fenced is None:
+            if self._in_transaction and self._fenced is None and timeout_s > 0:
                 try:
-                    self._producer.abort_transaction()
+                    self._transaction_call("begin_abort")
                 except kerr.KafkaError as e:
                     log.warning("aborting the open transaction on close failed: %s", e)
         finally:
@@ -302,9 +321,13 @@ def _offsets_and_metadata(offsets: dict) -> dict:
     return out
 
 
+_UNREACHABLE = tuple(c for c in (getattr(kerr, "NoBrokersAvailable", None), kerr.KafkaConnectionError,
+                                  kerr.KafkaTimeoutError) if isinstance(c, type))
+
+
 def _retriable(e: BaseException) -> bool:
     """The broker or coordinator is unreachable or busy (not: the group moved on)."""
-    return bool(getattr(e, "retriable", False)) or isinstance(e, (kerr.NoBrokersAvailable, kerr.KafkaConnectionError))
+    return bool(getattr(e, "retriable", False)) or isinstance(e, _UNREACHABLE)
 
 
 class KafkaForecastSink(ForecastSink):

@@ -3,7 +3,7 @@
 river models are per-key Python objects, so this is the one place with a
 per-key loop on the hot path; it is what the baselines cost. Each key's series
 is standardised with running statistics before it reaches river (unscaled
-prices and counts make SNARIMAX's SGD diverge; see PITFALLS.md), and a forecast
+prices and counts make SNARIMAX's SGD diverge to ~1e200), and a forecast
 that comes back non-finite or absurd is reported as NaN (counted as diverged
 by the evaluation) and the key's model is rebuilt.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 
 import numpy as np
 from river import compose, linear_model, optim, preprocessing, time_series
@@ -214,14 +215,34 @@ class SNARIMAXForecaster(RiverForecaster):
         ], names=frozenset(names))
 
 
+class AdditiveHoltWinters(time_series.HoltWinters):
+    """river's additive Holt-Winters with the seasonal start it means: river 0.26 starts additive
+    seasonal terms at ``y / level`` (the multiplicative start), which on standardised values (level
+    near 0) makes them huge, and raises ZeroDivisionError when the first values average 0. The
+    additive start is ``y - level``; the updates are river's own."""
+
+    def learn_one(self, y, x=None):
+        if self._initialized or len(self._first_values) + 1 < max(2, self.seasonality):
+            return super().learn_one(y, x)
+        values = [*self._first_values, y]
+        level = statistics.fmean(values)
+        self.level.append(level)
+        if self.trend is not None:
+            self.trend.append(statistics.fmean(b - a for a, b in zip(values[:-1], values[1:])))
+        if self.season is not None:
+            self.season.extend(v - level for v in values)
+        self._first_values = values
+        self._initialized = True
+
+
 class HoltWintersForecaster(RiverForecaster):
     name = "holt_winters"
 
     def make(self):
-        # beta must be > 0: river treats 0.0 as "no trend" and crashes (PITFALLS.md).
+        # beta must be > 0: river treats 0.0 as "no trend" and crashes.
         if self.season > 1:
-            return time_series.HoltWinters(alpha=0.3, beta=0.05, gamma=0.3, seasonality=self.season)
-        return time_series.HoltWinters(alpha=0.3, beta=0.05)
+            return AdditiveHoltWinters(alpha=0.3, beta=0.05, gamma=0.3, seasonality=self.season)
+        return AdditiveHoltWinters(alpha=0.3, beta=0.05)
 
     def state_layout(self, fresh):
         return StateLayout([

@@ -725,7 +725,7 @@ class StatefulRNNForecaster(BatchForecaster):
             "h": self._h[slots].numpy().copy(),
             "h_lag": self._h_lag[slots].numpy().copy(),
             "vals": self._vals[slots].numpy().copy(),
-            "step": self._step[slots].numpy().copy(),
+            "step": _step_code(self._step[slots].numpy()),
             "wid": self._wid[slots].copy(),
             "n": self._n[slots].copy(),
             "sq": self._sq[slots].copy(),
@@ -742,7 +742,7 @@ class StatefulRNNForecaster(BatchForecaster):
         self._h[slots] = torch.from_numpy(np.ascontiguousarray(state["h"], dtype=np.float32))
         self._h_lag[slots] = torch.from_numpy(np.ascontiguousarray(state["h_lag"], dtype=np.float32))
         self._vals[slots] = torch.from_numpy(np.ascontiguousarray(state["vals"], dtype=np.float32))
-        self._step[slots] = torch.from_numpy(np.ascontiguousarray(state["step"], dtype=np.int16))
+        self._step[slots] = torch.from_numpy(_step_of_code(np.asarray(state["step"])))
         self._wid[slots] = state["wid"]
         self._n[slots] = state["n"]
         self._sq[slots] = state["sq"]
@@ -765,3 +765,15 @@ class StatefulRNNForecaster(BatchForecaster):
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+
+def _step_code(step: np.ndarray) -> np.ndarray:
+    """The ring's window steps as stored: 2·gap, +1 when gap-filled (0 = empty). State records hold
+    no negative numbers, so a restore can refuse any it sees (streamseq.state_codec)."""
+    return (2 * np.abs(step.astype(np.int32)) + (step < 0)).astype(np.uint16)
+
+
+def _step_of_code(code: np.ndarray) -> np.ndarray:
+    code = code.astype(np.int32)
+    gap = code >> 1
+    return np.where(code & 1, -gap, gap).astype(np.int16)

@@ -43,12 +43,11 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as Fn
+from torch.nn import functional as Fn  # noqa: N812 - torch's own idiom
 
 from ..keyspace import grow
-from .normalise import (RunningStats, norm_scale, target_scale, update_change_var,  # noqa: F401
-                        update_running_stats)
 from .base import BatchForecaster
+from .normalise import RunningStats, norm_scale, target_scale, update_change_var, update_running_stats  # noqa: F401
 
 # BLAS picks kernels by matrix shape, so a key's forecast could depend on how
 # many keys share its step. Every encoder call has the same shape (CHUNK keys,
@@ -81,7 +80,7 @@ class TransformerConfig:
             raise ValueError(f"scale must be 'level' or 'change', got {self.scale!r}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TransformerConfig":
+    def from_dict(cls, d: dict) -> TransformerConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
