@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from . import plugins, specs
-from .compose import build_pipeline, open_source
+from .compose import build_pipeline, close_pipeline, open_source
 from .config import Config
 
 
@@ -20,6 +20,7 @@ class BacktestResult:
     metrics: pl.DataFrame
     table: str
     summary: dict
+    seconds: float = 0.0  # the replay's wall time (pipe.run to the sinks' close), unrounded
 
 
 def scoring_rows(forecasts: pl.DataFrame, actuals: pl.DataFrame, warmup: int) -> pl.DataFrame:
@@ -47,7 +48,7 @@ def run_backtest(cfg: Config, out_dir: str | os.PathLike, *, progress: bool | No
     src = open_source(cfg)
     out.mkdir(parents=True, exist_ok=True)
     part = src.build_part(src.list_parts()[0], None)
-    pipe = build_pipeline(cfg)
+    pipe = build_pipeline(cfg, parallel=True)
     ParquetForecastSink = plugins.load("sinks", "parquet")
     JsonlSink = plugins.load("sinks", "jsonl")
     sink = ParquetForecastSink(str(out / "forecasts.parquet"), str(out / "windows.parquet"))
@@ -72,6 +73,7 @@ def run_backtest(cfg: Config, out_dir: str | os.PathLike, *, progress: bool | No
         sink.close()
         dead.close()
         part.close()
+        close_pipeline(pipe)
         if retrainer is not None:
             retrainer.close()
     elapsed = time.perf_counter() - t0
@@ -119,4 +121,4 @@ def run_backtest(cfg: Config, out_dir: str | os.PathLike, *, progress: bool | No
                      forecasts=forecasts, actuals=windows, summary=summary,
                      interval_level=cfg.forecast.interval_level)
     table = format_table(metrics, models_order=None)
-    return BacktestResult(out, metrics, table, summary)
+    return BacktestResult(out, metrics, table, summary, elapsed)

@@ -301,7 +301,10 @@ class Pipeline:
                 slots = prev  # the same keys as the window end before: models see it at a glance
             steps.append(WindowStep(slots, x, filled, wid))
             prev = slots
-        means = {name: model.advance(steps) for name, model in self.models.items()}
+        # Models in another process (offload.py) get their windows first and run beside the others.
+        started = {name: m.advance_async(steps) for name, m in self.models.items() if hasattr(m, "advance_async")}
+        here = {name: m.advance(steps) for name, m in self.models.items() if name not in started}
+        means = {name: here[name] if name in here else started[name]() for name in self.models}
         window_sinks = list(self.window_sinks)
         window_sinks += [s for s in self.forecast_sinks if type(s).write_windows is not ForecastSink.write_windows]
         names = list(self.spec.feature_names)

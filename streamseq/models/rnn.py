@@ -133,6 +133,15 @@ class RNNNet(nn.Module):
             torch._C._set_mkldnn_enabled(mkldnn)
         return out[:, :n], torch.cat([h[0, :n], cs[0, :n]], dim=1)
 
+    def cell_step(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """``step`` through the cell's op directly (no module call: the learner takes k per step)."""
+        c = self.cell
+        if self.config.cell == "gru":
+            return torch.gru_cell(x, state, c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh)
+        hd = self.config.hidden
+        h, cs = torch.lstm_cell(x, (state[:, :hd], state[:, hd:]), c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh)
+        return torch.cat([h, cs], dim=1)
+
     def out(self, state: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """state (B, S), s (B, H, n_step) per-step features -> (B, H) corrections in units of the baseline error."""
         h = state[:, : self.config.hidden]
@@ -180,10 +189,11 @@ class StatefulRNNForecaster(BatchForecaster):
         return Adam(self.net.parameters(), lr=c.lr)  # torch.optim.Adam's foreach step, bit for bit
 
     def _mode(self, train: bool) -> None:
-        """Train or eval mode, set explicitly on every path that runs the network (a no-op when it is already
-        in that mode: Module.train walks every submodule)."""
+        """Train or eval mode, set explicitly on every path that runs the network (what ``Module.train``
+        sets, without its walk through ``__setattr__``: the learner switches twice per learning step)."""
         if self.net.training != train:
-            self.net.train(train)
+            for m in self.net.modules():
+                object.__setattr__(m, "training", train)
 
     # -- arena --------------------------------------------------------------
     def ensure_capacity(self, capacity):
@@ -420,6 +430,9 @@ class StatefulRNNForecaster(BatchForecaster):
                                 pos_wids=lag_wid.reshape(-1)[:, None])[:, 0].reshape(T, n, -1)
             due = real & (ns % c.learn_every == 0) & (ns >= H + 1)
             have = ns >= R - p0
+            due_rows = np.flatnonzero(due.reshape(-1))
+            learning = (self._learning_inputs(due_rows, rings, rsteps, nsf, w, unit, Wf, M0.reshape(-1))
+                        if len(due_rows) else {})
             cut = due.any(axis=1)
             cut[1:] |= (have[1:] != have[:-1]).any(axis=1)
         else:
@@ -433,7 +446,13 @@ class StatefulRNNForecaster(BatchForecaster):
                 lag_from = a
                 if due[a].any():
                     self._lag_run(slots, ~due[a] & have[a], xlag[a:a + 1])
-                    self._learn_at(slots, a, due[a], rings, rsteps, ns[a], w, unit, W[a], M0[a])
+                    idx = np.flatnonzero(due[a])
+                    at = np.searchsorted(due_rows, a * n + idx)  # where these rows are in ``learning``
+                    for i in range(0, len(idx), c.max_learn_keys):
+                        j = slice(i, i + c.max_learn_keys)
+                        pick = torch.from_numpy(at[j])
+                        self._learn(slots[idx[j]], {f: v[pick] for f, v in learning.items()},
+                                    xlag[a, torch.from_numpy(idx[j])], have[a, idx[j]])
                     lag_from = a + 1
                 if lag_from < b:
                     self._lag_run(slots, have[lag_from], xlag[lag_from:b])
@@ -565,75 +584,60 @@ class StatefulRNNForecaster(BatchForecaster):
         self._mode(False)
         self._h_lag[s] = self.net.run(xlag[:, torch.from_numpy(sel)], self._h_lag[s])[1]
 
-    def _learn_at(self, slots, t, due, rings, rsteps, ns, w, unit, wid, mean0) -> None:
-        """The learning step of the ``due`` keys at window t of a run (their rings as they were then)."""
-        c = self.config
-        n = len(slots)
-        idx = np.flatnonzero(due)
-        rows = t * n + idx
-        tr = torch.from_numpy(rows)
-        vals, steps = rings[tr], rsteps[tr]
-        wids = self._ring_wids(steps, np.broadcast_to(wid, n)[idx]) if c.periods else None
-        level, lunit = self._local(vals, ns[idx], np.arange(self._lag_pos, self._R))
-        for a in range(0, len(idx), c.max_learn_keys):
-            i = np.arange(a, min(a + c.max_learn_keys, len(idx)))
-            ti = torch.from_numpy(i)
-            self._learn(slots[idx[i]], vals[ti], steps[ti], ns[idx[i]], w[rows[i]], unit[rows[i]],
-                        None if wids is None else wids[i], (level[ti], lunit[ti]), mean0[idx[i]])
-
-    def _advance_lag(self, slots, vals, steps, nseen, wids, loc) -> None:
-        """h_lag is the state just before the first origin of the NEXT learning step: step it past
-        this ring's first origin (when the key has it). Keys that learn get this from _learn."""
-        p = self._lag_pos
-        have = nseen >= self._R - p
-        if not have.any():
-            return
-        sel = np.flatnonzero(have)
-        s = slots[sel]
-        ts = torch.from_numpy(sel)
-        x0 = self._inputs(s, vals[ts], steps[ts], nseen[sel], np.array([p]),
-                          None if wids is None else wids[sel], (loc[0][ts], loc[1][ts]))[:, 0]
-        self._mode(False)
-        with torch.no_grad():
-            self._h_lag[s] = _padded(self.net.step, x0, self._h_lag[s])
-
-    def _learn(self, slots, vals, steps, nseen, w, unit, wids, loc, mean0) -> None:
-        """``loc``: ``_local`` of positions lag_pos .. R-1 (the k origins first); ``mean0``: the target's
-        running mean."""
+    def _learning_inputs(self, rows, rings, rsteps, ns, w, unit, W, mean0) -> dict:
+        """What the learning steps at these rows (window-major, of a run's stacked rings) read; it does
+        not depend on the weights, so all learning steps of a run get theirs in one vectorised pass."""
         c = self.config
         k, H, R, p0 = c.tbptt, c.horizon, self._R, self._lag_pos
+        tr = torch.from_numpy(rows)
+        vals, steps, nseen = rings[tr], rsteps[tr], ns[rows]
+        wids = self._ring_wids(steps, W[rows]) if c.periods else None
+        level, lunit = self._local(vals, nseen, np.arange(p0, R))  # (m, k + H, F): origins first
         O = p0 + np.arange(k)  # origin positions
         first = R - np.minimum(nseen, R)
-        valid = torch.from_numpy(np.arange(R)[None, :] >= first[:, None])  # (n, R)
-        if wids is None and c.periods:
-            wids = self._ring_wids(steps, self._wid[slots])
-        xin = self._inputs(slots, vals, steps, nseen, O, wids, (loc[0][:, :k], loc[1][:, :k]))  # (n, k, n_in)
+        valid = torch.from_numpy(np.arange(R)[None, :] >= first[:, None])  # (m, R)
+        xin = self._inputs(None, vals, steps, nseen, O, wids, (level[:, :k], lunit[:, :k]))  # (m, k, n_in)
         tpos = O[:, None] + np.arange(1, H + 1)[None, :]  # (k, H) target positions
-        twids = wids[:, tpos] if wids is not None else np.zeros((len(slots), k, H), np.int64)
-        base, s = self._step_features(mean0, vals, nseen, w, O, twids, loc[1][:, :k, 0])
-        y = vals[:, :, 0].double().numpy()[:, tpos]  # (n, k, H)
-        tgt = torch.from_numpy(np.clip((y - base) / unit[:, None, :], -TARGET_CLIP, TARGET_CLIP)).float()
+        twids = wids[:, tpos] if wids is not None else np.zeros((len(rows), k, H), np.int64)
+        base, s = self._step_features(mean0[rows], vals, nseen, w[rows], O, twids, lunit[:, :k, 0])
+        y = vals[:, :, 0].double().numpy()[:, tpos]  # (m, k, H)
+        tgt = torch.from_numpy(np.clip((y - base) / unit[rows][:, None, :], -TARGET_CLIP, TARGET_CLIP)).float()
         fill = torch.from_numpy(steps.numpy()[:, tpos] < 0)
-        mask = valid[:, O][:, :, None] & valid[:, tpos] & ~fill  # (n, k, H)
+        mask = valid[:, O][:, :, None] & valid[:, tpos] & ~fill  # (m, k, H)
+        return {"xin": xin, "s": s, "tgt": tgt, "mask": mask, "valid": valid[:, O]}
+
+    def _learn(self, slots, inp: dict, xlag: torch.Tensor, have: np.ndarray) -> None:
+        """One TBPTT step over the k origins of these keys from h_lag (``inp``: ``_learning_inputs``;
+        ``xlag``, ``have``: the input at the ring's first origin and which keys have it, for keys that
+        have nothing to learn yet: their h_lag just moves on)."""
+        c = self.config
+        k, H = c.tbptt, c.horizon
+        mask = inp["mask"]
         if not mask.any():
-            self._advance_lag(slots, vals, steps, nseen, wids, (loc[0][:, :1], loc[1][:, :1]))
+            sel = np.flatnonzero(have)
+            if len(sel):
+                s = slots[sel]
+                self._mode(False)
+                with torch.no_grad():
+                    self._h_lag[s] = _padded(self.net.step, xlag[torch.from_numpy(sel)], self._h_lag[s])
             return
         self._mode(True)
+        xin, vO = inp["xin"], inp["valid"]
         state = self._h_lag[slots]
         states = []
         lag_next = state
-        vO = valid[:, O]
         all_valid = bool(vO.all())
+        step = self.net.cell_step
         for i in range(k):
-            stepped = self.net.step(xin[:, i], state)
+            stepped = step(xin[:, i], state)
             state = stepped if all_valid else torch.where(vO[:, i, None], stepped, state)
             if i == 0:
                 lag_next = state.detach()
             states.append(state)
         n = len(slots)
-        pred = self.net.out(torch.stack(states, dim=1).reshape(n * k, -1), s.reshape(n * k, H, -1)).view(n, k, H)
+        pred = self.net.out(torch.stack(states, dim=1).reshape(n * k, -1), inp["s"].reshape(n * k, H, -1)).view(n, k, H)
         wt = mask.float()
-        err = nn.functional.smooth_l1_loss(pred, tgt, reduction="none")
+        err = nn.functional.smooth_l1_loss(pred, inp["tgt"], reduction="none")
         loss = (err * wt).sum() / wt.sum()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
