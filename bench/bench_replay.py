@@ -94,7 +94,7 @@ def river_rate(kind: str, series: list[np.ndarray]) -> float:
 
 # -- streamseq replays in this process -----------------------------------------
 def replay_rate(path: Path, opts: list[str], out: Path) -> float:
-    from streamseq.backtest import run_backtest
+    from streamseq.backtesting import run_backtest
 
     a = build_parser().parse_args(["replay", str(path), "--out", str(out), "-q", "--no-progress", *opts])
     cfg = config_from_args(a)

@@ -78,15 +78,12 @@ import numpy as np
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # connectors/ lives at the repository root
+if str(ROOT) not in sys.path:  # streamseq_connectors (a link to connectors/) lives at the repository root
     sys.path.insert(0, str(ROOT))
 
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 from kafka.record import default_records as _kafka_records  # noqa: E402
 
-from connectors.kafka import KafkaSettings, TopicSpec, ensure_topics  # noqa: E402
-from connectors.kafka.feed import observation_messages  # noqa: E402
-from connectors.kafka.transport import KafkaTransport  # noqa: E402
 from streamseq import config as config_mod  # noqa: E402
 from streamseq.compose import WorkerApp  # noqa: E402
 from streamseq.localbroker import LOCAL_CLIENT_SETTINGS, start_tansu  # noqa: E402
@@ -94,6 +91,9 @@ from streamseq.memory import MemoryPartition  # noqa: E402
 from streamseq.records import ObservationBatch  # noqa: E402
 from streamseq.specs import torch_threads  # noqa: E402
 from streamseq.synthetic import generate  # noqa: E402
+from streamseq_connectors.kafka import KafkaSettings, TopicSpec, ensure_topics  # noqa: E402
+from streamseq_connectors.kafka.feed import observation_messages  # noqa: E402
+from streamseq_connectors.kafka.transport import KafkaTransport  # noqa: E402
 
 TARGET_RATIO = 0.7
 PARTITIONS = 4

@@ -48,6 +48,7 @@ _FORMATS = (
 _UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 _NO_TS = np.iinfo(np.int64).min  # "no event time": sorts before every real time
 _MAX_TS = np.iinfo(np.int64).max
+_ROW = "__streamseq_row"  # row number in the file, on the frame of a file replayed sorted
 _ISO_SECONDS = "%Y-%m-%dT%H:%M:%S"
 _FALLBACK_FORMATS = ("%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%d")
 # Row kinds in the merge buffer.
@@ -61,11 +62,12 @@ def _format_of(path: str) -> str | None:
     return next((fmt for suffix, fmt in _FORMATS if name.endswith(suffix)), None)
 
 
-def _scan(path: str, fmt: str) -> pl.LazyFrame:
+def _scan(path: str, fmt: str, separator: str = ",") -> pl.LazyFrame:
     """The file as polars sees it: CSV as text (bad cells never fail the read), JSON lines as one text column."""
     if fmt == "csv":
         return pl.scan_csv(
-            path, infer_schema=False, truncate_ragged_lines=True, encoding="utf8-lossy", raise_if_empty=False
+            path, infer_schema=False, truncate_ragged_lines=True, encoding="utf8-lossy", raise_if_empty=False,
+            separator=separator,
         )
     if fmt == "parquet":
         return pl.scan_parquet(path)
@@ -185,6 +187,50 @@ def _fallback_ns(raw: pl.Series, unit_ns: int) -> np.ndarray:
     attempts += [norm.str.to_datetime(f, strict=False, time_unit="ns").to_physical() for f in _FALLBACK_FORMATS]
     out = pl.DataFrame({"t": raw}).select(pl.coalesce(attempts).fill_null(_NO_TS))
     return out.to_series().to_numpy()
+
+
+_DATE_PARTS = [sep.join(order) for sep in "/-." for order in (("%d", "%m", "%Y"), ("%m", "%d", "%Y"), ("%Y", "%m", "%d"))]
+_CLOCK_PARTS = ["", " %H:%M", " %H:%M:%S", " %H:%M:%S%.f", " %I:%M %p", " %I:%M:%S %p", "T%H:%M", "T%H:%M:%S"]
+_NUMBER = r"^[+-]?\d+(\.\d*)?$"
+# Epoch seconds of 1990-01-01 and 2100-01-01: a number whose unit puts it in this span is an epoch in that unit.
+_PLAUSIBLE_S = (631_152_000, 4_102_444_800)
+
+
+def time_hint(examples: list[str], time_unit: str = "s") -> str:
+    """What to set so that times like ``examples`` parse: a --time-format or a --time-unit, or ''.
+
+    >>> time_hint(["04/10/2016 07:59", "13/10/2016 08:29"])
+    "they look like day/month/year: give --time-format '%d/%m/%Y %H:%M'"
+    >>> time_hint(["10/24/2016 07:59 AM"])
+    "they look like month/day/year: give --time-format '%m/%d/%Y %I:%M %p'"
+    >>> time_hint(["10/04/2016 07:59"])
+    "they read as day/month or month/day: give --time-format '%d/%m/%Y %H:%M' or '%m/%d/%Y %H:%M'"
+    >>> time_hint(["1475567982000", "1475569782000"])
+    'they look like epoch milliseconds: give --time-unit ms'
+    """
+    sample = pl.Series([str(e).strip() for e in examples if e is not None], dtype=pl.String)
+    if len(sample) == 0:
+        return ""
+    if sample.str.contains(_NUMBER).all():
+        seconds = float(sample.cast(pl.Float64).median())
+        for unit, name in (("s", "seconds"), ("ms", "milliseconds"), ("us", "microseconds"), ("ns", "nanoseconds")):
+            if unit != time_unit and _PLAUSIBLE_S[0] <= seconds * _UNIT_NS[unit] / 1e9 <= _PLAUSIBLE_S[1]:
+                return f"they look like epoch {name}: give --time-unit {unit}"
+        return ""
+    best: list[str] = []
+    best_share = 0.5  # a format must read most examples
+    for fmt in (d + c for d in _DATE_PARTS for c in _CLOCK_PARTS):
+        share = 1.0 - sample.str.to_datetime(fmt, strict=False).null_count() / len(sample)
+        if share > best_share + 1e-9:
+            best, best_share = [fmt], share
+        elif share >= best_share - 1e-9 and best:
+            best.append(fmt)
+    if not best:
+        return ""
+    if len(best) > 1:  # every day <= 12: day/month and month/day both read them
+        return f"they read as day/month or month/day: give --time-format {best[0]!r} or {best[1]!r}"
+    order = {"%d": "day/month/year", "%m": "month/day/year", "%Y": "year/month/day"}[best[0][:2]]
+    return f"they look like {order}: give --time-format {best[0]!r}"
 
 
 def _jsonable(v):
@@ -310,7 +356,11 @@ class _Decoder:
             ts, t_missing = t.cast(pl.Datetime("ns")).to_physical(), t.is_null()
         else:
             ts, t_missing = _epoch_ns(t, self._unit_ns, is_float=t_dtype.is_float()), t.is_null()
-        exprs = [keys.expr(pl.col("k")).alias("k"), ts.fill_null(_NO_TS).alias("t"), t_missing.alias("tm")]
+        self._time_exprs = [ts.fill_null(_NO_TS).alias("t"), t_missing.alias("tm")]
+        self._time_col = source.time_col
+        self.outside = 0  # rows read but outside [start, end)
+        self.first_ts, self.last_ts = _MAX_TS, _NO_TS  # span of the parsable event times read
+        exprs = [keys.expr(pl.col("k")).alias("k"), *self._time_exprs]
         for i, col in enumerate(source.value_cols):
             v = pl.col(f"v{i}")
             if schema[col] == pl.String:
@@ -342,24 +392,23 @@ class _Decoder:
         keys, key_fault_ = self._keys.lookup(out["k"])
         key_missing = key_fault_.astype(bool)  # None -> False, a reason -> True
         t_missing = out["tm"].to_numpy()
-        if self._auto_time:
-            ts = _iso_ns(raw["t"]).fill_null(_NO_TS).to_numpy(writable=True)
-            retry = np.flatnonzero((ts == _NO_TS) & ~t_missing)
-            if len(retry):
-                ts[retry] = _fallback_ns(raw["t"].gather(retry), self._unit_ns)
-        else:
-            ts = out["t"].to_numpy(writable=True)  # batches are the caller's to modify
+        ts = self._parse_times(raw["t"], out["t"], t_missing)
         values = out.select([f"v{i}" for i in range(self._n_values)]).to_numpy(order="c", writable=True)
         faults = out.select([f"f{i}" for i in range(self._n_values)]).to_numpy()  # (n, F) int8
         bad = key_missing | (ts == _NO_TS) | faults.any(axis=1)
         kind = np.where(bad, _DEAD, _GOOD).astype(np.int8)
+        parsed = ts[ts != _NO_TS]
+        if len(parsed):
+            self.first_ts, self.last_ts = min(self.first_ts, int(parsed.min())), max(self.last_ts, int(parsed.max()))
         if self._start is not None or self._end is not None:
             outside = np.zeros(n, dtype=bool)
             if self._start is not None:
                 outside |= ts < self._start
             if self._end is not None:
                 outside |= ts >= self._end
-            kind[outside & (ts != _NO_TS)] = _SKIP
+            outside &= ts != _NO_TS
+            kind[outside] = _SKIP
+            self.outside += int(outside.sum())
         if blank is not None:
             kind[blank] = _SKIP  # an empty line is no record
         if line_faults:
@@ -367,7 +416,9 @@ class _Decoder:
         good = kind == _GOOD
         pm = np.maximum.accumulate(np.where(good, ts, _NO_TS) if not good.all() else ts) if n else ts
         pm = np.maximum(pm, carried_max)
-        offset = np.arange(first_row, first_row + n, dtype=np.int64)
+        # A file replayed sorted carries each row's number in the file: dead letters name the row as written.
+        offset = (chunk[_ROW].to_numpy().astype(np.int64) if _ROW in chunk.columns
+                  else np.arange(first_row, first_row + n, dtype=np.int64))
         letters: dict[int, DeadLetter] = {}
         for i in np.flatnonzero(kind == _DEAD).tolist():
             row = raw.row(i)
@@ -378,15 +429,36 @@ class _Decoder:
             reason = line_faults.get(i) or self._reason(
                 key_fault_[i], int(ts[i]), bool(t_missing[i]), faults[i], row[1]
             )
-            letters[first_row + i] = DeadLetter(
+            letters[int(offset[i])] = DeadLetter(
                 reason=reason,
                 source=self._path,
                 partition=self._index,
-                offset=first_row + i,
+                offset=int(offset[i]),
                 payload=payload,
                 key=None if key_missing[i] or i in line_faults else keys[i],
             )
         return _Rows(keys, ts, values, offset, pm, kind), letters
+
+    def _parse_times(self, raw_t: pl.Series, t: pl.Series, t_missing: np.ndarray) -> np.ndarray:
+        """Event times in ns (``_NO_TS`` where missing or unparsable), writable: batches are the caller's."""
+        if not self._auto_time:
+            return t.to_numpy(writable=True)
+        ts = _iso_ns(raw_t).fill_null(_NO_TS).to_numpy(writable=True)
+        retry = np.flatnonzero((ts == _NO_TS) & ~t_missing)
+        if len(retry):
+            ts[retry] = _fallback_ns(raw_t.gather(retry), self._unit_ns)
+        return ts
+
+    def event_times(self, chunk: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, pl.Series]:
+        """(event times in ns, missing mask, the raw time column) of a chunk, without decoding the rest."""
+        if self._json is not None:
+            fields, _ = _decode_json_lines(chunk["line"], self._json)
+            raw = fields.select(pl.col(self._time_col).alias("t"))
+        else:
+            raw = chunk.select(pl.col(self._time_col).alias("t"))
+        out = raw.lazy().select(self._time_exprs).collect()
+        t_missing = out["tm"].to_numpy()
+        return self._parse_times(raw["t"], out["t"], t_missing), t_missing, raw["t"]
 
     def _reason(self, key_fault: str | None, ts: int, t_missing: bool, faults: np.ndarray, raw_time) -> str:
         if key_fault is not None:
@@ -491,9 +563,10 @@ class ReplayPartition(SourcePartition):
         self._cursors = []
         for i, path in enumerate(self._files):
             fmt = _format_of(path)
-            lf = _scan(path, fmt)
-            lf = lf.select("line") if fmt == "ndjson" else lf.select(source._columns)
             decoder = _Decoder(source, path, i, fmt, source._schemas[i], keys)
+            lf = source._frame(i)
+            if i in source.sorted_files:
+                lf = source._sorted(i, lf)
             self._cursors.append(
                 _FileCursor(i, path, lf, decoder, self._n_values, read_rows, rows[i], max_ts[i], closed[i])
             )
@@ -616,7 +689,7 @@ class ReplayPartition(SourcePartition):
         if self._total_rows is None:
             try:
                 self._total_rows = sum(
-                    _scan(p, _format_of(p)).select(pl.len()).collect().item() for p in self._files
+                    self._source._frame(i).select(pl.len()).collect().item() for i in range(len(self._files))
                 )
             except Exception:  # noqa: BLE001 - progress is optional
                 return None
@@ -624,6 +697,15 @@ class ReplayPartition(SourcePartition):
 
     def origin(self, pid: int) -> tuple[str, int]:
         return self._files[pid], pid
+
+    def read_stats(self) -> dict[str, int]:
+        """Rows outside [start, end) and the span of the event times read (ns; absent when none parsed)."""
+        decoders = [c._decoder for c in self._cursors]
+        out = {"outside_range": sum(d.outside for d in decoders)}
+        first, last = min(d.first_ts for d in decoders), max(d.last_ts for d in decoders)
+        if last != _NO_TS:
+            out.update(first_ts=first, last_ts=last)
+        return out
 
     def close(self) -> None:
         for c in self._cursors:
@@ -635,7 +717,19 @@ class ReplaySource(Source):
 
     ``speed=None`` replays as fast as possible; ``speed=x`` releases a record
     once ``(t - t0_event) / x`` seconds of clock time have passed since the first.
+
+    ``validate`` reads the start of every file and refuses one that cannot be
+    replayed as asked (empty, only a header, times that do not parse) with a
+    message saying what to set. With ``late_after_ns`` it also checks the time
+    order: a row that far behind the latest time before it would be too late
+    for the windows; when more than 5% of a file's rows are, a file of up to
+    ``sort_max_bytes`` is replayed sorted by event time (in memory, stable, rows
+    keep their numbers in dead letters), a bigger one is named in ``notices()``.
     """
+
+    SAMPLE_ROWS = 2_000  # rows read by validate to check that times parse
+    ORDER_ROWS = 1_000_000  # rows of a file too big to sort checked for time order
+    UNORDERED_SHARE = 0.05  # share of too-late rows above which a file counts as not in time order
 
     def __init__(
         self,
@@ -651,6 +745,9 @@ class ReplaySource(Source):
         end: str | None = None,
         chunk_rows: int = 65_536,
         clock=None,
+        separator: str = ",",
+        late_after_ns: int | None = None,
+        sort_max_bytes: int = 256 * 2**20,
     ):
         if isinstance(files, (str, os.PathLike)):
             files = [files]
@@ -665,6 +762,11 @@ class ReplaySource(Source):
         self.end = end
         self.chunk_rows = chunk_rows
         self.clock = clock if clock is not None else SystemClock()
+        self.separator = separator
+        self.late_after_ns = late_after_ns
+        self.sort_max_bytes = sort_max_bytes
+        self.sorted_files: dict[int, np.ndarray] = {}  # file index -> row order by event time
+        self._notices: list[str] = []
         if time_unit not in _UNIT_NS:
             raise ConfigError("time_unit", f"one of {', '.join(_UNIT_NS)}, got {time_unit!r}")
         if speed is not None and not (isinstance(speed, (int, float)) and speed > 0 and math.isfinite(speed)):
@@ -673,10 +775,26 @@ class ReplaySource(Source):
             raise ConfigError("chunk_rows", f"a positive integer, got {chunk_rows!r}")
         if not self.value_cols:
             raise ConfigError("value_cols", "at least one value column")
+        if not isinstance(separator, str) or len(separator.encode()) != 1:
+            raise ConfigError("separator", f"one single-byte character such as ';' or '\\t', got {separator!r}")
         self._start_ns = _parse_bound(start, "start")
         self._end_ns = _parse_bound(end, "end")
         self._columns = list(dict.fromkeys([key_col, time_col, *self.value_cols]))
         self._schemas: list[pl.Schema] | None = None
+
+    def notices(self) -> list[str]:
+        """Files replayed sorted, files out of time order too big to sort, times that look misread."""
+        return list(self._notices)
+
+    def _frame(self, i: int) -> pl.LazyFrame:
+        """File ``i`` as the columns the replay reads (JSON lines: the raw lines)."""
+        path = self.files[i]
+        fmt = _format_of(path)
+        lf = _scan(path, fmt, self.separator)
+        return lf.select("line") if fmt == "ndjson" else lf.select(self._columns)
+
+    def _sorted(self, i: int, lf: pl.LazyFrame) -> pl.LazyFrame:
+        return lf.collect().with_row_index(_ROW)[self.sorted_files[i]].lazy()
 
     def validate(self) -> None:
         if not self.files:
@@ -690,20 +808,108 @@ class ReplaySource(Source):
                 )
             if "://" not in path and not os.path.isfile(path):
                 raise InputError(f"{path}: file not found")
+            if "://" not in path and os.path.getsize(path) == 0:
+                raise InputError(f"{path}: the file is empty")
             try:
                 if fmt == "ndjson":
                     names = _jsonl_columns(path)
                     schema = pl.Schema({c: pl.String for c in (names if names is not None else self._columns)})
                 else:
-                    schema = _scan(path, fmt).collect_schema()
+                    schema = _scan(path, fmt, self.separator).collect_schema()
             except Exception as exc:  # noqa: BLE001 - any reader failure is an unusable input
                 raise InputError(f"{path}: cannot read ({_first_line(exc)})") from exc
             for col in self._columns:
                 if col not in schema:
-                    raise InputError(f"{path}: column {col!r} not found (columns: {', '.join(schema.names())})")
+                    raise InputError(f"{path}: column {col!r} not found (columns: {', '.join(schema.names())})"
+                                     + self._separator_hint(fmt, schema))
             self._check_types(path, schema)
             schemas.append(schema)
         self._schemas = schemas
+        keys = _KeyTable()
+        heads = [self._head(i) for i in range(len(self.files))]
+        if not any(h is None or h.height for h in heads):
+            only_header = all(_format_of(p) == "csv" for p in self.files)
+            raise InputError(f"{', '.join(self.files)}: no data rows" + (" (only a header)" if only_header else ""))
+        for i, path in enumerate(self.files):
+            head = heads[i]
+            if head is None or head.height == 0:
+                continue  # unreadable early on: the replay makes that a dead letter with its row
+            decoder = _Decoder(self, path, i, _format_of(path), schemas[i], keys)
+            self._check_times(i, decoder, head)
+            if self.late_after_ns is not None and "://" not in path:
+                self._check_order(i, decoder)
+
+    def _head(self, i: int) -> pl.DataFrame | None:
+        """The first rows of file ``i``; None when polars cannot read that far."""
+        try:
+            return self._frame(i).head(self.SAMPLE_ROWS).collect()
+        except Exception:  # noqa: BLE001 - a malformed file is the replay's to report, row by row
+            return None
+
+    def _separator_hint(self, fmt: str, schema: pl.Schema) -> str:
+        if fmt != "csv" or len(schema) != 1:
+            return ""
+        header = schema.names()[0]
+        found = next((sep for sep in (";", "\t", "|", ",") if sep in header and sep != self.separator), None)
+        return f"; the header looks {found!r}-separated: give --sep {found!r}" if found else ""
+
+    def _check_times(self, i: int, decoder: _Decoder, head: pl.DataFrame) -> None:
+        """Most times of the first rows parse; otherwise say what to set."""
+        path = self.files[i]
+        ts, missing, raw = decoder.event_times(head)
+        present = int((~missing).sum())
+        if present == 0:
+            raise InputError(f"{path}: column {self.time_col!r} is empty in the first {head.height:,} rows")
+        bad = np.flatnonzero((ts == _NO_TS) & ~missing)
+        if len(bad) > present // 2:
+            # Examples spread over the sample: the first rows often share a day, which hides the date order.
+            examples = raw.gather(bad[np.unique(np.linspace(0, len(bad) - 1, 200).astype(np.int64))]).cast(pl.String)
+            if self.time_format:
+                what = f"with --time-format {self.time_format!r}"
+            elif examples.str.contains(_NUMBER).all():
+                what = f"as epoch numbers in --time-unit {self.time_unit}"
+            else:
+                what = "as ISO 8601"
+            examples = examples.to_list()
+            hint = time_hint(examples, self.time_unit)
+            raise InputError(
+                f"{path}: {len(bad):,} of the first {present:,} times in column {self.time_col!r} do not parse "
+                f"{what}, e.g. {_short(examples[0])}" + (f"; {hint}" if hint else
+                                                          "; give --time-format (text) or --time-unit (epoch numbers)"))
+        good = ts[ts != _NO_TS]
+        if len(good) and int(good.max()) < _parse_bound("1971-01-01", "") and not self.time_format:
+            first = datetime.fromtimestamp(int(good.min()) / 1e9, tz=UTC).isoformat()
+            self._notices.append(f"{path}: event times fall in 1970 (first {first}): if they are epoch numbers, "
+                                f"check --time-unit (now {self.time_unit})")
+
+    def _check_order(self, i: int, decoder: _Decoder) -> None:
+        """Count the rows that would arrive after their window closed; sort a small file that has many."""
+        path = self.files[i]
+        small = os.path.getsize(path) <= self.sort_max_bytes
+        cols = self._frame(i)
+        if not small:
+            cols = cols.head(self.ORDER_ROWS)
+        try:
+            ts, _, _ = decoder.event_times(cols.collect())
+        except Exception:  # noqa: BLE001 - a file malformed further on: replayed as it is, bad rows dead letters
+            return
+        good = ts != _NO_TS
+        n = int(good.sum())
+        if n == 0:
+            return
+        latest = np.maximum.accumulate(np.where(good, ts, _NO_TS))
+        late = good & (ts < latest - self.late_after_ns)
+        n_late = int(late.sum())
+        if n_late <= self.UNORDERED_SHARE * n:
+            return
+        if small:
+            self.sorted_files[i] = np.argsort(np.where(good, ts, _NO_TS), kind="stable")
+            self._notices.append(f"{path}: not in time order ({n_late:,} of {n:,} rows would arrive after their "
+                                f"window closed): replaying it sorted by time")
+        else:
+            self._notices.append(f"{path}: not in time order ({n_late:,} of the first {n:,} rows would arrive after "
+                                f"their window closed and become dead letters); it is too big to sort in memory: "
+                                f"sort it by time first, or raise --lateness")
 
     def _check_types(self, path: str, schema: pl.Schema) -> None:
         t = schema[self.time_col]

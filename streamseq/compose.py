@@ -102,10 +102,14 @@ def open_source(cfg: Config, clock=None):
     if not s.files:
         raise InputError("no input files: give FILE... or [source] files in the config")
     replay_source = plugins.load("sources", "replay")
+    w = cfg.windowing
+    # A row further behind the latest time than the lateness and one window is certainly too late.
+    late_after = w.lateness_ns + w.interval_ns if s.sort == "auto" else None
     src = replay_source(
         [cfg.resolve(f) for f in s.files], s.key_col, s.time_col, list(s.value_cols),
         time_format=s.time_format or None, time_unit=s.time_unit, speed=s.speed or None,
         start=s.start or None, end=s.end or None, chunk_rows=s.chunk_rows, clock=clock or SystemClock(),
+        separator=s.separator, late_after_ns=late_after,
     )
     src.validate()
     return src

@@ -15,6 +15,7 @@ streamseq.errors.ConfigError: forecast.horizn: expected one of the keys horizon,
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import tomllib
@@ -40,6 +41,8 @@ class SourceConfig:
     start: str = ""  # optional event-time bounds [start, end)
     end: str = ""
     chunk_rows: int = 65536
+    separator: str = ","  # CSV field separator, e.g. ";" or "\t"
+    sort: str = "auto"  # auto: replay a file that is not in time order sorted (files up to 256 MiB) | off
 
 
 @dataclass
@@ -375,6 +378,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("rnn.hidden" if cfg.rnn.hidden < 1 else "rnn.tbptt", "a positive integer")
     if cfg.source.time_unit not in ("s", "ms", "us", "ns"):
         raise ConfigError("source.time_unit", f"one of s, ms, us, ns, got {cfg.source.time_unit!r}")
+    if cfg.source.sort not in ("auto", "off"):
+        raise ConfigError("source.sort", f"auto or off, got {cfg.source.sort!r}")
+    if len(cfg.source.separator.encode()) != 1:
+        raise ConfigError("source.separator", f"one single-byte character such as ';' or '\\t', got {cfg.source.separator!r}")
     if cfg.source.speed < 0:
         raise ConfigError("source.speed", "0 (as fast as possible) or a positive factor")
     if cfg.store.retention:
@@ -395,6 +402,43 @@ def validate(cfg: Config) -> None:
     from .windowing import build_spec
 
     build_spec(cfg.source.value_cols, w.agg, w.grid, w.lateness_ns, w.gap, w.max_gap_fill, w.time_jump_ns)
+
+
+_SECRET_KEYS = ("password", "secret", "token")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))  # a JSON string without control characters is a TOML basic string
+
+
+def to_toml(cfg: Config) -> str:
+    """The whole config as TOML that ``load`` reads back to the same settings (secrets replaced by ***).
+
+    >>> cfg = from_dict({"windowing": {"interval": "1d", "agg": {"value": "mean"}}, "kafka": {"sasl_password": "x"}})
+    >>> again = from_dict(tomllib.loads(to_toml(cfg)))
+    >>> again.windowing == cfg.windowing, again.forecast == cfg.forecast, again.kafka
+    (True, True, {'sasl_password': '***'})
+    """
+    lines = [f"{k} = {_toml_value(getattr(cfg, k))}" for k in ("name", "kind", "threads")]
+    for f in fields(Config):
+        if f.name not in _SECTIONS:
+            continue
+        section = getattr(cfg, f.name)
+        items = section.items() if isinstance(section, dict) else ((x.name, getattr(section, x.name))
+                                                                  for x in fields(section))
+        lines.append(f"\n[{f.name}]")
+        for k, v in items:
+            secret = any(word in k for word in _SECRET_KEYS) and v
+            lines.append(f"{k} = {_toml_value('***' if secret else v)}")
+    return "\n".join(lines) + "\n"
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB

@@ -146,10 +146,9 @@ def _ratio(num: str, den: str) -> pl.Expr:
     return pl.when(pl.col(den) > 0).then(pl.col(num) / pl.col(den))
 
 
-def _finish(sums: pl.DataFrame) -> pl.DataFrame:
+def _finish(sums: pl.DataFrame, by: Sequence[str] = ("model", "step")) -> pl.DataFrame:
     return sums.select(
-        "model",
-        "step",
+        *by,
         MAE=_ratio("sum_abs", "n"),
         RMSE=_ratio("sum_sq", "n").sqrt(),
         MASE=_ratio("sum_scaled", "n_scaled"),
@@ -201,6 +200,46 @@ def score(forecasts: pl.DataFrame, actuals: pl.DataFrame, season: int) -> pl.Dat
         .with_columns(pl.col("step").cast(pl.String).fill_null(ALL_STEPS))
     )
     return _finish(sums)
+
+
+def score_by_key(forecasts: pl.DataFrame, actuals: pl.DataFrame, season: int) -> pl.DataFrame:
+    """Overall metrics per key and model (all steps): key, model, MAE, RMSE, MASE, sMAPE, coverage, count,
+    diverged; keys with nothing scored are left out. Sorted by key, then model.
+
+    >>> from datetime import datetime, timezone
+    >>> t = [datetime(2024, 1, 1, h, tzinfo=timezone.utc) for h in range(3)]
+    >>> actuals = pl.DataFrame({"key": ["a"] * 3 + ["b"] * 3, "end": t * 2,
+    ...                         "value": [1.0, 2.0, 4.0, 5.0, 5.0, 6.0], "filled": [False] * 6})
+    >>> forecasts = pl.DataFrame({"key": ["a", "a", "b", "b"], "model": ["m"] * 4, "model_version": ["1"] * 4,
+    ...     "origin": t[:2] * 2, "step": pl.Series([1] * 4, dtype=pl.Int16), "target_ts": t[1:] * 2,
+    ...     "mean": [1.0, 5.0, 5.0, 5.0], "lo": [None] * 4, "hi": [None] * 4})
+    >>> score_by_key(forecasts, actuals, season=1).select("key", "MAE", "count").rows()
+    [('a', 1.0, 2), ('b', 0.5, 2)]
+    """
+    sums = (
+        _scored_rows(forecasts, actuals, season)
+        .group_by("key", "model")
+        .agg(_sums())
+        .filter(pl.col("n") > 0)
+        .sort("key", "model")
+        .collect()
+    )
+    return _finish(sums, by=("key", "model"))
+
+
+def with_skill(overall_rows: pl.DataFrame, baseline: str = "seasonal_naive") -> pl.DataFrame:
+    """``skill`` = 1 - MASE / MASE of ``baseline`` on the same forecasts: above 0 beats the baseline
+    (0.2: a fifth less scaled error), below 0 loses to it; null without the baseline.
+
+    >>> rows = pl.DataFrame({"model": ["gru", "seasonal_naive"], "MASE": [0.8, 1.0]})
+    >>> with_skill(rows)["skill"].round(3).to_list()
+    [0.2, 0.0]
+    """
+    ref = overall_rows.filter(pl.col("model") == baseline)["MASE"]
+    base = ref[0] if len(ref) else None
+    if base is None or not base > 0:
+        return overall_rows.with_columns(skill=pl.lit(None, pl.Float64))
+    return overall_rows.with_columns(skill=1.0 - pl.col("MASE") / base)
 
 
 def error_by_step(metrics: pl.DataFrame) -> pl.DataFrame:
@@ -308,7 +347,7 @@ def formatted_metrics(metrics: pl.DataFrame) -> list[list[str]]:
         values = metrics[name].to_list()
         if name in ("MAE", "RMSE"):
             columns.append(format_column(values, 4))
-        elif name in ("MASE", "sMAPE"):
+        elif name in ("MASE", "sMAPE") or name.startswith("MASE "):
             columns.append(format_column(values, 3))
         elif name == "coverage":
             columns.append([format_coverage(v) for v in values])
@@ -346,7 +385,9 @@ def format_table(metrics: pl.DataFrame, models_order: Sequence[str] | None = Non
     naive  2.000  3.000  1.000  10.00         -     10         0
     """
     header, body = overall_table(metrics, models_order)
-    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    if not any(int(r[header.index("count")]) for r in body):
+        return "(no forecast could be scored)"
+    widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(header)]
 
     def line(cells: list[str]) -> str:
         first = cells[0].ljust(widths[0])

@@ -144,9 +144,10 @@ def _offsets(tz: str, ts: np.ndarray) -> np.ndarray:
     """UTC offset in ns of zone ``tz`` at each UTC instant ``ts`` (vectorised through polars)."""
     import polars as pl
 
-    utc = pl.Series(ts).cast(pl.Datetime("ns", "UTC"))
+    ts = np.asarray(ts, np.int64)
+    utc = pl.Series(ts.reshape(-1)).cast(pl.Datetime("ns", "UTC"))  # a scalar too (one window's end)
     local = utc.dt.convert_time_zone(tz).dt.replace_time_zone(None).cast(pl.Int64).to_numpy()
-    return local - np.asarray(ts, np.int64)
+    return (local - ts.reshape(-1)).reshape(ts.shape)
 
 
 def parse_interval(text: str, tz: str = "UTC", name: str = "windowing.interval"):

@@ -148,7 +148,9 @@ def start_tansu(
                 [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
                  "--storage-engine", storage_engine],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=full_env, preexec_fn=_die_with_parent,
+                # Its own session: a Ctrl-C in the terminal stops our process, which then stops the broker
+                # after the last checkpoint; the terminal's SIGINT would otherwise kill it first.
+                env=full_env, preexec_fn=_die_with_parent, start_new_session=True,
             )
         broker = TansuBroker(p, proc, log_path, storage_engine, dict(env or {}))
         if _wait_ready(broker):

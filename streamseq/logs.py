@@ -62,4 +62,6 @@ def setup(level: str = "INFO", fmt: str = "auto", stream=None) -> None:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+    # kafka-python logs every failed connection attempt; the worker and the tools say what matters in one
+    # line (an unreachable broker, an outage ridden out), so its own lines show only with -v.
+    logging.getLogger("kafka").setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.CRITICAL)

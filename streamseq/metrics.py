@@ -84,11 +84,14 @@ class HealthServer:
                     self._send(404, b"not found\n")
 
             def _send(self, code, body, ctype="text/plain; charset=utf-8"):
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the probe hung up (its own timeout): nothing to answer, nothing to log
 
             def log_message(self, *args):  # quiet: probes hit this every few seconds
                 pass

@@ -34,6 +34,7 @@ log = logging.getLogger("streamseq.pipeline")
 @dataclass
 class PipelineStats:
     records_in: int = 0
+    records_invalid: int = 0  # rejected by the source (dead letters that never became records)
     records_skipped: int = 0  # already reflected in restored state (idempotent apply)
     windows_closed: int = 0
     windows_filled: int = 0
@@ -119,6 +120,7 @@ class Pipeline:
                 letters: list[DeadLetter] | None = None) -> int:
         """Window a batch and advance every key whose window closed. Returns windows closed."""
         if letters:
+            self.stats.records_invalid += len(letters)
             self._dead(letters)
         n = len(batch)
         if n == 0:
@@ -365,12 +367,15 @@ class Pipeline:
     # -- running a finite source ---------------------------------------------
     def run(self, part: SourcePartition, progress=None) -> None:
         """Process a finite source to its end, close every window, flush the sinks."""
+        st = self.stats
         while not part.exhausted:
             batch, letters = part.next_batch()
             self.process(batch, part, letters)
             if progress is not None:
-                progress.update(self.stats.records_in + self.stats.dead_letters, self.stats.windows_closed)
+                progress.update(st.records_in, st.windows_closed, st.dead_letters, st.records_in + st.records_invalid)
         self.finish()
+        if progress is not None:  # the windows the end of the stream closed, so the last line agrees with the summary
+            progress.update(st.records_in, st.windows_closed, st.dead_letters, st.records_in + st.records_invalid)
         for sink in self.forecast_sinks:
             sink.flush()
         for dead in self.dead_letter_sinks:

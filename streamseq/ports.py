@@ -46,6 +46,11 @@ class SourcePartition(ABC):
         a topic and a Kafka partition, or a file path and its index."""
         return str(pid), pid
 
+    def read_stats(self) -> dict[str, int]:
+        """What a finite source read but did not return: ``outside_range`` (rows outside its time
+        bounds), and the span of the event times it read (``first_ts``, ``last_ts``, ns)."""
+        return {}
+
     def close(self) -> None:
         pass
 
@@ -53,6 +58,10 @@ class SourcePartition(ABC):
 class Source(ABC):
     @abstractmethod
     def list_parts(self) -> list[str]: ...
+
+    def notices(self) -> list[str]:
+        """What a user should hear about the input before its records flow (e.g. a file replayed sorted)."""
+        return []
 
     @abstractmethod
     def build_part(self, name: str, resume_state: Any | None) -> SourcePartition: ...

@@ -40,8 +40,11 @@ class Progress:
     >>> p = Progress(1000, stream=out, clock=clock)
     >>> clock.advance(2.0); p.update(500, 20); out.getvalue()
     ''
-    >>> clock.advance(2.0); p.update(1000, 40); p.close(); print(out.getvalue(), end="")
-    records 1,000 in 0:04 (250/s), windows 40 (10.0/s)
+    >>> clock.advance(2.0); p.update(990, 40, dead_letters=10, rows=1000); p.close(); print(out.getvalue(), end="")
+    records 990 in 0:04 (248/s), windows 40 (10.0/s), dead letters 10
+
+    ``records`` are what the summary calls records (rows that reached the windows, late ones
+    included); ``rows`` (records plus the rows the source rejected) give the percentage.
     """
 
     min_interval = 0.2  # seconds between redraws: at most ~5 a second
@@ -68,6 +71,8 @@ class Progress:
         self._width = 0
         self._records = 0
         self._windows = 0
+        self._dead = 0
+        self._rows = 0
         self._closed = False
 
     def __enter__(self) -> Progress:
@@ -76,9 +81,10 @@ class Progress:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def update(self, records: int, windows: int) -> None:
+    def update(self, records: int, windows: int, dead_letters: int = 0, rows: int | None = None) -> None:
         """Cumulative counts so far; redraws the line if enough time has passed."""
-        self._records, self._windows = records, windows
+        self._records, self._windows, self._dead = records, windows, dead_letters
+        self._rows = records if rows is None else rows
         if not self._live or self._closed:
             return
         now = self.clock.monotonic()
@@ -93,22 +99,25 @@ class Progress:
             f"records {self._records:,} ({_rate(self._records, elapsed)}/s)",
             f"windows {self._windows:,} ({_rate(self._windows, elapsed)}/s)",
         ]
+        if self._dead:
+            parts.append(f"dead letters {self._dead:,}")
         total = self.total_records
         if total is not None and total > 0:
-            done = min(1.0, self._records / total)
+            done = min(1.0, self._rows / total)
             parts.append(f"{100 * done:5.1f}%")
             if done >= 1.0:
                 parts.append("ETA 0:00")
-            elif self._records > 0 and elapsed > 0:
-                parts.append(f"ETA {_eta((total - self._records) * elapsed / self._records)}")
+            elif self._rows > 0 and elapsed > 0:
+                parts.append(f"ETA {_eta((total - self._rows) * elapsed / self._rows)}")
             else:
                 parts.append("ETA -")
         return "  ".join(parts)
 
     def summary(self, elapsed: float) -> str:
+        dead = f", dead letters {self._dead:,}" if self._dead else ""
         return (
             f"records {self._records:,} in {_eta(elapsed)} ({_rate(self._records, elapsed)}/s), "
-            f"windows {self._windows:,} ({_rate(self._windows, elapsed)}/s)"
+            f"windows {self._windows:,} ({_rate(self._windows, elapsed)}/s){dead}"
         )
 
     def close(self) -> None:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from connectors.kafka import KafkaSettings
-from connectors.kafka.forecasts import iter_forecasts
-from connectors.kafka.transport import KafkaTransport
 from streamseq import config as config_mod
 from streamseq.forecast_json import decode_forecast
+from streamseq_connectors.kafka import KafkaSettings
+from streamseq_connectors.kafka.forecasts import iter_forecasts
+from streamseq_connectors.kafka.transport import KafkaTransport
 
 
 def free_port() -> int:
@@ -89,9 +89,9 @@ def kill(proc: subprocess.Popen, sig=signal.SIGKILL, timeout_s: float = 30) -> i
 
 def feed_frame(broker, topic: str, df, key_col: str, time_col: str, value_cols: list[str], partitions: int = 4) -> int:
     """Produce a polars frame's rows, keyed by series key, to ``topic`` (created with ``partitions``)."""
-    from connectors.kafka import TopicSpec, ensure_topics
     from streamseq.memory import MemoryPartition
     from streamseq.records import ObservationBatch
+    from streamseq_connectors.kafka import TopicSpec, ensure_topics
 
     settings = KafkaSettings.from_dict(broker.client_settings())
     ensure_topics(settings, [TopicSpec(topic, partitions)])

@@ -43,7 +43,7 @@ def test_stream_clock_maps_months_and_quarters_to_consecutive_days():
 
 def test_holdout_origin_is_end_of_train_part_and_reference_matches_streamseq(tmp_path):
     """Replay the train parts: streamseq's seasonal naive at the scored origin equals the suite's own."""
-    from streamseq.backtest import run_backtest
+    from streamseq.backtesting import run_backtest
     from streamseq.config import from_dict
 
     ds = common.Dataset("toy", "", "1mo", 12, 6, "holdout")

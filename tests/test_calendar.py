@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from streamseq import config as config_mod
-from streamseq.backtest import run_backtest
+from streamseq.backtesting import run_backtest
 from streamseq.errors import ConfigError
 from streamseq.grid import CalendarGrid, FixedGrid, default_season, parse_interval
 from streamseq.specs import season

@@ -3,8 +3,8 @@ across row groups written by the background thread, and an empty replay still le
 import numpy as np
 import polars as pl
 
-from connectors.files import ParquetForecastSink
 from streamseq.records import ForecastBatch, WindowBatch
+from streamseq_connectors.files import ParquetForecastSink
 
 
 def test_rows_come_back_as_written(tmp_path):

@@ -16,7 +16,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer
 from confluent_kafka import TopicPartition as CTopicPartition
 from kafka import KafkaConsumer, TopicPartition
 
-from connectors.kafka import (
+from streamseq.errors import ConfigError
+from streamseq.forecast_json import decode_forecast, load_schema
+from streamseq.memory import MemoryPartition
+from streamseq.records import DeadLetter, ForecastBatch, ObservationBatch
+from streamseq_connectors.kafka import (
     ChangelogStore,
     JsonObservationDecoder,
     KafkaDeadLetterSink,
@@ -34,11 +38,7 @@ from connectors.kafka import (
     parse_iso_times,
     read_forecasts_frame,
 )
-from connectors.kafka.changelog import RestoreError
-from streamseq.errors import ConfigError
-from streamseq.forecast_json import decode_forecast, load_schema
-from streamseq.memory import MemoryPartition
-from streamseq.records import DeadLetter, ForecastBatch, ObservationBatch
+from streamseq_connectors.kafka.changelog import RestoreError
 
 pytestmark = pytest.mark.timeout(60)
 kafka = pytest.mark.kafka
@@ -378,7 +378,7 @@ def test_forecast_sink_is_readable_by_confluent_kafka(settings, kafka_broker, un
 
     frame = read_forecasts_frame(settings, topic)
     assert frame.height == 12 * 3  # deduplicated, long form
-    from connectors.kafka import read_forecasts_pandas
+    from streamseq_connectors.kafka import read_forecasts_pandas
 
     pdf = read_forecasts_pandas(settings, topic)
     assert len(pdf) == 12 * 3 and {"key", "model", "origin", "step", "mean"} <= set(pdf.columns)

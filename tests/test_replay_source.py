@@ -11,9 +11,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from connectors.replay import ReplaySource
 from streamseq.clock import ManualClock
 from streamseq.errors import ConfigError, InputError
+from streamseq_connectors.replay import ReplaySource
 
 NS = 1_000_000_000
 T0 = datetime(2024, 1, 1)

@@ -27,13 +27,13 @@ from helpers import H, obs
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from connectors.kafka.settings import KafkaSettings
-from connectors.kafka.source import JsonObservationDecoder
-from connectors.replay import ReplaySource
 from streamseq.config import load as load_config
 from streamseq.errors import StreamseqError
 from streamseq.registry import ModelRegistry, artifact_config
 from streamseq.state_codec import MAX_RECORD_BYTES, RESET, decode_keys, encode_keys
+from streamseq_connectors.kafka.settings import KafkaSettings
+from streamseq_connectors.kafka.source import JsonObservationDecoder
+from streamseq_connectors.replay import ReplaySource
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ["a", "b", "c", "d", "e"]

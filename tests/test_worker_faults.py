@@ -180,7 +180,7 @@ def test_an_unreachable_broker_is_one_line_and_a_runtime_failure(tmp_path):
     assert "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("streamseq: error:")]
     assert len(errors) == 1 and "127.0.0.1" in errors[0], out.stderr[-2000:]
-    assert time.monotonic() - t0 < 60
+    assert time.monotonic() - t0 < 90  # bootstrap_timeout_ms (15 s) after start-up; generous for a loaded CI machine
 
 
 def test_a_stuck_loop_is_not_live():

@@ -31,7 +31,7 @@ from kafka_worker_util import (
 )
 
 from streamseq import config as config_mod
-from streamseq.backtest import run_backtest
+from streamseq.backtesting import run_backtest
 from streamseq.synthetic import generate
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -122,11 +122,12 @@ def test_live_equals_replay_and_any_client_can_read_the_topic(kafka_broker, tmp_
     assert seen == sum(len(v) for v in live.values())
 
 
-@pytest.mark.parametrize("lateness", ["0s", "5min"])
-def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path, lateness):
+def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path, lateness="5min"):
+    """Lateness 5 min, as the shipped worker.toml: a restored partition's windows must not close early
+    (the no-stream-time sentinel and the committed clock); lateness 0 is the other worker tests' setting."""
     t = topics(kafka_broker, "crash")
-    df = synthetic(100, 500)
-    assert df.height >= 50_000
+    df = synthetic(60, 400)
+    assert df.height >= 24_000
     feed_frame(kafka_broker, t["obs"], df, "key", "ts", ["value"])
     port = free_port()
     windowing = {**WINDOWING, "allowed_lateness": lateness}
@@ -134,7 +135,7 @@ def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path, latenes
                               dlq=t["dlq"], changelog=t["changelog"], group="g-crash", value_fields=["value"],
                               windowing=windowing, forecast=FORECAST, http_port=port)
     log = tmp_path / "w.log"
-    for threshold in (6_000, 9_000, 12_000):
+    for threshold in (5_000, 10_000, 15_000):
         proc = start_worker(cfg, log, idle_s=None)
         reached = wait_for(lambda n=threshold: (metric(port, "streamseq_records_in") or 0) >= n, 120)
         assert reached, log.read_text()[-3000:]
@@ -144,14 +145,14 @@ def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path, latenes
 
     live = forecast_table(read_forecasts(kafka_broker, t["forecasts"]))
     replay = replay_of(tmp_path, df, "key", "ts", ["value"], windowing, FORECAST)
-    assert_live_matches_replay(live, replay, 100, 4)
+    assert_live_matches_replay(live, replay, 60, 4)
     assert any(len(c) > 1 for c in live.values()), "the kills should have caused redelivery"
     assert read_raw(kafka_broker, t["dlq"], idle_s=1.0) == [], "no valid record may be dead-lettered"
 
 
-@pytest.mark.parametrize("lateness", ["0s", "5min"])
-def test_exactly_once_mode_survives_sigkill(kafka_broker, tmp_path, lateness):
-    """Transactions: Tansu leaves aborted records visible (KAFKA.md), so copies may exist; they must be identical."""
+def test_exactly_once_mode_survives_sigkill(kafka_broker, tmp_path, lateness="5min"):
+    """Transactions: Tansu leaves aborted records visible (KAFKA.md), so copies may exist; they must be identical.
+    Lateness 5 min: with aborted state visible, the restored-partition path is hit on almost every kill."""
     t = topics(kafka_broker, "eos")
     df = synthetic(40, 300, seed=1)
     feed_frame(kafka_broker, t["obs"], df, "key", "ts", ["value"])

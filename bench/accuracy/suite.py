@@ -73,7 +73,7 @@ class ModelCrash(RuntimeError):
 def model_timers(timers: dict[str, float]):
     """Time each model's update + forecast inside run_backtest (the pipeline calls them on the instances);
     an exception from a model comes out as ModelCrash naming it."""
-    import streamseq.backtest as bt
+    import streamseq.backtesting as bt
 
     original = bt.build_pipeline
 
@@ -106,7 +106,7 @@ def run_streamseq(ds: Dataset, stream: pl.DataFrame, interval: str, warmup: int,
                   transformer_every: int, refresh_rnn: bool = False) -> tuple[pl.DataFrame, dict[str, float], float, dict[str, str]]:
     """Replay ``stream`` through run_backtest; returns forecasts.parquet, seconds per model, total seconds
     and the models that crashed (the replay is run again without a model that raised, so the rest is measured)."""
-    from streamseq.backtest import run_backtest
+    from streamseq.backtesting import run_backtest
     from streamseq.config import from_dict
 
     work.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import StreamseqError, UsageError
+from ..errors import MissingExtra, StreamseqError, UsageError
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -21,7 +21,7 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from ..version import __version__
     from . import demo, replay, tools, train, worker
 
     p = argparse.ArgumentParser(prog="streamseq", description="Streaming time-series forecasting: replay backtests, "
@@ -47,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("streamseq: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ImportError as exc:  # an optional dependency of this command is not installed
+        missing = MissingExtra.of(exc, f"streamseq {a.command}")
+        if missing is None:
+            raise
+        print(f"streamseq: error: {missing}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 __all__ = ["main", "build_parser", "EXIT_RUNTIME", "EXIT_USAGE"]

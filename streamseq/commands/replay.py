@@ -31,13 +31,20 @@ def register(sub) -> None:
 
 
 def cmd_replay(a: argparse.Namespace) -> int:
-    from ..backtest import run_backtest
+    from ..backtesting import run_backtest
 
     cfg = args.config_from_args(a)
     args.setup_logging(a, cfg)
-    res = run_backtest(cfg, a.out, progress=_progress(a), report=not a.no_report)
+    res = run_backtest(cfg, a.out, progress=_progress(a), report=not a.no_report, command=_command())
     print_result(res)
     return 0
+
+
+def _command() -> str:
+    import shlex
+    import sys
+
+    return shlex.join(["streamseq", *sys.argv[1:]])
 
 
 def _progress(a) -> bool | None:
@@ -51,39 +58,38 @@ def print_result(res) -> None:
     print(res.table)
     if "retraining" in s:
         print(f"retraining: {s['retraining']}")
-    print(f"wrote {res.out_dir}/forecasts.parquet, metrics.csv, report.html"
-          + (", dead_letter.jsonl" if s["dead letters"] else ""))
+    files = ["forecasts.parquet", "windows.parquet", "metrics.csv", "metrics_by_key.csv"]
+    reported = (res.out_dir / "report.html").exists()
+    if reported:
+        files.append("report.html")
+    if res.warnings:
+        print(f"{len(res.warnings)} warning(s): see above" + (" and the top of report.html" if reported else ""))
+    if s["dead letters"]:
+        files.append("dead_letter.jsonl")
+    print(f"wrote {res.out_dir}/: {', '.join(files)}")
 
 
 def cmd_backtest_all(a: argparse.Namespace) -> int:
     from .. import config as config_mod
-    from ..backtest import run_backtest
+    from ..backtesting import require_report, run_backtest
+    from ..report import write_index
 
     configs = sorted(Path(a.folder).glob("*.toml"))
     if not configs:
         raise InputError(f"no *.toml run configs in {a.folder}")
+    require_report()
     cfgs = [config_mod.load(p) for p in configs]  # validate all before any work
     if cfgs:
         args.setup_logging(a, cfgs[0])
     out = Path(a.out)
-    index = []
-    for cfg in cfgs:
+    runs = []
+    for path, cfg in zip(configs, cfgs):
         if a.no_learn:
             cfg.rnn.learn = False
-        res = run_backtest(cfg, out / cfg.name, progress=_progress(a))
+        res = run_backtest(cfg, out / cfg.name, progress=_progress(a),
+                           command=_command() + f"  # this run: streamseq replay --config {path}")
         print_result(res)
-        index.append((cfg.name, res))
-    write_index(out / "index.html", index)
+        runs.append({"name": cfg.name, "summary": res.summary, "metrics": res.metrics, "warnings": res.warnings})
+    write_index(out / "index.html", runs)
     print(f"\nreport: {out / 'index.html'}")
     return 0
-
-
-def write_index(path: Path, runs) -> None:
-    import html
-
-    rows = "".join(
-        f"<li><a href='{html.escape(name)}/report.html'>{html.escape(name)}</a> — "
-        f"{r.summary['keys']} keys, {r.summary['records']:,} records</li>" for name, r in runs)
-    tables = "".join(f"<h2>{html.escape(name)}</h2><pre>{html.escape(r.table)}</pre>" for name, r in runs)
-    path.write_text(f"<!doctype html><meta charset='utf-8'><title>streamseq backtests</title>"
-                    f"<body style='font-family:sans-serif'><h1>streamseq backtests</h1><ul>{rows}</ul>{tables}</body>")

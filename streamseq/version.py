@@ -1,0 +1,2 @@
+"""The version of streamseq (one place: the package metadata reads it from here)."""
+__version__ = "0.1.0"
