@@ -157,7 +157,9 @@ PARTS = [  # (part, (file suffix, function)): cumulative time of these functions
     ("source read + decode", [("replay.py", "next_batch")]),
     ("windowing", [("windowing.py", "process")]),
     ("gru/lstm advance", [("models/rnn.py", "advance")]),
-    ("river advance (waited for)", [("river_baselines.py", "advance"), ("offload.py", "result")]),
+    # in a model process: the time this process waits to hand it windows or for its answers
+    ("river advance (waited for)", [("river_baselines.py", "advance"), ("offload.py", "result"),
+                                    ("offload.py", "advance_async")]),
     ("naive, seasonal naive", [("models/naive.py", "advance"), ("models/naive.py", "update"),
                                ("models/naive.py", "forecast")]),
     ("calibration", [("calibration.py", "observe"), ("calibration.py", "bounds"), ("calibration.py", "record")]),
