@@ -28,6 +28,39 @@ class Adam:
         for p in self.params:
             p.grad = None
 
+    def state_dict(self) -> dict:
+        """torch.optim.Adam's layout (per parameter index: step, exp_avg, exp_avg_sq; one param group),
+        so a saved learner loads into either."""
+        state = {} if self.steps == 0 else {
+            i: {"step": torch.tensor(float(self.steps)), "exp_avg": a.clone(), "exp_avg_sq": b.clone()}
+            for i, (a, b) in enumerate(zip(self.exp_avgs, self.exp_avg_sqs))}
+        group = {"lr": self.lr, "betas": (self.beta1, self.beta2), "eps": self.eps, "weight_decay": 0.0,
+                 "amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
+                 "differentiable": False, "fused": None, "params": list(range(len(self.params)))}
+        return {"state": state, "param_groups": [group]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        groups = state_dict["param_groups"]
+        if len(groups) != 1 or len(groups[0]["params"]) != len(self.params):
+            raise ValueError("Adam state: one group with one entry per parameter expected")
+        g = groups[0]
+        self.lr, self.eps = float(g["lr"]), float(g["eps"])
+        self.beta1, self.beta2 = (float(b) for b in g["betas"])
+        state = {int(k): v for k, v in state_dict["state"].items()}
+        if not state:
+            self.steps = 0
+            for t in (*self.exp_avgs, *self.exp_avg_sqs):
+                t.zero_()
+            return
+        steps = {int(float(state[i]["step"])) for i in range(len(self.params))}
+        if len(steps) != 1:
+            raise ValueError("Adam state: parameters at different step counts")
+        self.steps = steps.pop()
+        with torch.no_grad():
+            for i, (a, b) in enumerate(zip(self.exp_avgs, self.exp_avg_sqs)):
+                a.copy_(torch.as_tensor(state[i]["exp_avg"]).reshape(a.shape))
+                b.copy_(torch.as_tensor(state[i]["exp_avg_sq"]).reshape(b.shape))
+
     @torch.no_grad()
     def step(self) -> None:
         grads = [p.grad for p in self.params]
