@@ -18,6 +18,7 @@ import numpy as np
 
 from .calibration import ConformalCalibrator
 from .clock import SystemClock
+from .ensemble import combine
 from .errors import StreamseqError
 from .keyspace import KeyIndex, grow
 from .models.base import BatchForecaster, WindowStep
@@ -352,17 +353,10 @@ class Pipeline:
             s.write(fb)
 
     def _ensemble(self, slots, means: dict) -> np.ndarray:
-        """Weights per key: inverse squared recent error of each model (equal until errors are known)."""
+        """Per key and step, the members weighted by their recent error there (streamseq.ensemble)."""
         names = list(means)
-        M = np.stack([means[n] for n in names])  # (m, n, H)
-        err = np.stack([self.calibrators[n].recent_error(slots) for n in names])  # (m, n)
-        ok = np.isfinite(M).all(axis=2)
-        w = np.where(np.isfinite(err), 1.0 / np.maximum(err, 1e-12) ** 2, np.nan)
-        w = np.where(np.isnan(w), np.nanmax(np.where(np.isnan(w), -np.inf, w), axis=0, keepdims=True), w)
-        w = np.where(np.isfinite(w) & ok, w, 0.0)
-        w = np.where(w.sum(axis=0, keepdims=True) > 0, w, ok.astype(np.float64))
-        w = w / np.maximum(w.sum(axis=0, keepdims=True), 1e-300)
-        return np.einsum("mn,mnh->nh", w, np.nan_to_num(M))
+        errors, counts = zip(*(self.calibrators[n].step_error(slots) for n in names))
+        return combine(np.stack([means[n] for n in names]), np.stack(errors), np.stack(counts))
 
     # -- running a finite source ---------------------------------------------
     def run(self, part: SourcePartition, progress=None) -> None:

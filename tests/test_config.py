@@ -122,3 +122,16 @@ def test_threads_auto_is_one_in_the_worker_and_up_to_two_in_replay(monkeypatch):
     for bad in (-1, 1.5, True):
         with pytest.raises(ConfigError, match="threads"):
             config_mod.from_dict({"threads": bad})
+
+
+def test_rnn_defaults_are_written_once():
+    """[rnn] and the model's own RNNConfig agree on every setting they share (one default per setting)."""
+    import dataclasses
+
+    from streamseq.config import RNNSection
+    from streamseq.models.rnn import RNNConfig
+
+    section, model = dataclasses.asdict(RNNSection()), dataclasses.asdict(RNNConfig())
+    shared = sorted(set(section) & set(model) - {"calendar"})  # calendar: "auto" resolves per interval (specs.rnn_calendar)
+    assert shared, "no shared settings: the test compares nothing"
+    assert {k: section[k] for k in shared} == {k: model[k] for k in shared}

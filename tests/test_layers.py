@@ -16,7 +16,7 @@ LAYERS = {  # module (or package prefix) -> layer; higher may import lower, neve
     "streamseq.errors": 0, "streamseq.version": 0, "streamseq.timeutil": 0, "streamseq.clock": 0, "streamseq.keyspace": 0,
     "streamseq.logs": 0, "streamseq.plugins": 0, "streamseq.threads": 0,
     "streamseq.records": 1, "streamseq.grid": 1, "streamseq.ports": 1, "streamseq.memory": 1,
-    "streamseq.windowing": 1, "streamseq.calibration": 1, "streamseq.pipeline": 1, "streamseq.models": 1,
+    "streamseq.windowing": 1, "streamseq.calibration": 1, "streamseq.ensemble": 1, "streamseq.pipeline": 1, "streamseq.models": 1,
     "streamseq.forecast_json": 1, "streamseq.state_codec": 1, "streamseq.calendar": 1, "streamseq.features": 1,
     "streamseq.config": 2, "streamseq.specs": 2,
     "streamseq.trainer": 3, "streamseq.store": 3, "streamseq.registry": 3, "streamseq.evaluation": 3,

@@ -146,14 +146,17 @@ def anchor_origins_of(ds: Dataset, quick: bool) -> int:
 def actual_windows(stream: pl.DataFrame, interval: str) -> pl.DataFrame:
     """Each observation as the window streamseq closes: ``key, end, idx, value[, split]``.
 
-    ``end = (floor(ts / interval) + 1) * interval`` (streamseq's window end),
+    ``end`` = the end of streamseq's window holding the observation (its grid: weeks from Monday),
     ``idx`` = the observation's position in its key (0, 1, ...). The raw values
     are one per period, so the window mean is the value itself.
     """
-    step = interval_ns(interval)
+    from streamseq.grid import parse_interval
+
+    grid = parse_interval(interval)  # streamseq's window grid: weeks start on Monday
     cols = ["split"] if "split" in stream.columns else []
+    end = grid.end_of(grid.wid_of(stream["ts"].dt.epoch("ns").to_numpy()))
     return (
-        stream.with_columns(end=((pl.col("ts").dt.epoch("ns") // step + 1) * step).cast(pl.Datetime("ns", "UTC")))
+        stream.with_columns(end=pl.Series(end, dtype=pl.Int64).cast(pl.Datetime("ns", "UTC")))
         .group_by("key", "end").agg(pl.col("value").mean(), *[pl.col(c).first() for c in cols])
         .sort("key", "end")
         .with_columns(idx=pl.int_range(pl.len()).over("key"))

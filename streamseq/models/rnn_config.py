@@ -23,7 +23,7 @@ class RNNConfig:
     # replay_data hourly streams (the baseline does much of the work the learner used to).
     learn_every: int = 3
     max_learn_keys: int = 4096  # keys per optimiser step; bounds the training graph's memory
-    lr: float = 1e-3
+    lr: float = 2e-3  # the [rnn] lr default too (tests/test_config.py holds them equal)
     optimizer: str = "adam"  # "adam" | "sgd"
     learn: bool = True  # online learning of the shared weights
     normalize: bool = True  # per-key running mean/std normalisation
