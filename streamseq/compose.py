@@ -115,6 +115,20 @@ def open_source(cfg: Config, clock=None):
     return src
 
 
+# [kafka] client -> the transport's entry point name (streamseq.transports).
+CLIENT_TRANSPORTS = {"kafka-python": "kafka", "confluent": "confluent"}
+
+
+def transport_name(cfg: Config) -> str:
+    """The transport ``[kafka] client`` names: kafka-python (the default) or confluent (librdkafka)."""
+    from .errors import ConfigError
+
+    client = cfg.kafka.get("client", "kafka-python")
+    if client not in CLIENT_TRANSPORTS:
+        raise ConfigError("kafka.client", f"one of {', '.join(map(repr, CLIENT_TRANSPORTS))}, got {client!r}")
+    return CLIENT_TRANSPORTS[client]
+
+
 def writer_id() -> str:
     """A window-store writer name no other worker uses: host (pod) name, process id, random suffix."""
     import re
@@ -137,10 +151,10 @@ class WorkerApp:
     failed), closes the producer, then flushes the store.
     """
 
-    def __init__(self, cfg: Config, clock=None, transport: str = "kafka"):
+    def __init__(self, cfg: Config, clock=None, transport: str | None = None):
         self.cfg = cfg
         self.clock = clock
-        self.transport_name = transport
+        self.transport_name = transport or transport_name(cfg)
         self.pipeline = None
         self.store = None
         self.watcher = None
@@ -162,6 +176,7 @@ class WorkerApp:
         from .worker import StreamWorker
 
         cfg = self.cfg
+        transport_class = plugins.load("transports", self.transport_name)  # first: a missing extra fails at once
         self.pipeline = build_pipeline(cfg, value_cols=list(cfg.input.value_fields), clock=self.clock, streaming=True)
         if cfg.store.path:
             from .store import WindowStore
@@ -174,7 +189,7 @@ class WorkerApp:
             from .registry import ModelRegistry
 
             self.watcher = ModelWatcher(ModelRegistry(cfg.resolve(cfg.registry.path)), self.pipeline)
-        transport = plugins.load("transports", self.transport_name)(cfg).open()
+        transport = transport_class(cfg).open()
         # Not live when the loop has not come round for longer than the longest a checkpoint may retry,
         # plus a transaction's timeout and a minute (a call stuck for good: the orchestrator restarts us).
         stall_s = cfg.worker.outage_budget_s + cfg.kafka.get("transaction_timeout_ms", 60_000) / 1000 + 60

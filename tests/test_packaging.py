@@ -66,6 +66,9 @@ def test_a_library_install_stays_small():
     extras = PYPROJECT["project"]["optional-dependencies"]
     assert {"kafka", "report", "demo", "test"} <= set(extras)
     assert "streamseq[kafka,report,demo]" in extras["test"]  # `make test` installs what the tests import
+    # the librdkafka transport is opt-in: its own extra, in no other but test
+    assert any(d.startswith("confluent-kafka") for d in extras["confluent"])
+    assert not any("confluent" in d for name in ("kafka", "report", "demo", "all") for d in extras[name])
 
 
 def test_python_versions():

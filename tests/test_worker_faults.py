@@ -4,7 +4,8 @@ A crash while a batch is processed commits nothing of it; poison records (oversi
 keys, absurd values, empty keys, far-future times, byte-order marks) go to the
 dead-letter topic and change no valid forecast; a broker outage during a checkpoint
 is ridden out within the outage budget, and beyond it the worker exits with the
-runtime-failure code and one line.
+runtime-failure code and one line. Poison records on both Kafka clients (kafka-python, confluent);
+the rest on the default client (CI time: see tests/test_worker_kafka.py).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import polars as pl
 import pytest
 from kafka_broker import start_tansu
 from kafka_worker_util import (
+    CLIENTS,
     feed_frame,
     forecast_table,
     free_port,
@@ -50,7 +52,7 @@ def test_a_crash_while_processing_commits_nothing_of_that_batch(kafka_broker, tm
     t = topics(kafka_broker, "crashproc")
     df = synthetic(30, 120, seed=11)
     feed_frame(kafka_broker, t["obs"], df, "key", "ts", ["value"])
-    cfg_path = config(kafka_broker, tmp_path, t, "g-crashproc")
+    cfg_path = config(kafka_broker, tmp_path, t, t["group"])
     app = WorkerApp(config_mod.load(cfg_path)).open()
     worker = app.worker
     naive = worker.pipeline.models["naive"]
@@ -74,7 +76,8 @@ def test_a_crash_while_processing_commits_nothing_of_that_batch(kafka_broker, tm
     assert_live_matches_replay(live, replay, 30, 4)
 
 
-def test_poison_records_are_dead_letters_and_change_no_forecast(kafka_broker, tmp_path):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_poison_records_are_dead_letters_and_change_no_forecast(kafka_broker, tmp_path, client):
     from kafka import KafkaProducer
     from kafka.partitioner.default import murmur2
 
@@ -110,7 +113,7 @@ def test_poison_records_are_dead_letters_and_change_no_forecast(kafka_broker, tm
     producer.flush()
     producer.close()
 
-    proc = start_worker(config(kafka_broker, tmp_path, t, "g-poison"), tmp_path / "w.log")
+    proc = start_worker(config(kafka_broker, tmp_path, t, t["group"], client=client), tmp_path / "w.log")
     assert proc.wait(timeout=240) == 0, (tmp_path / "w.log").read_text()[-3000:]
     raw = read_raw(kafka_broker, t["dlq"])
     assert all(len(v) + len(k or b"") < 600_000 for k, v in raw), "a dead letter must stay far below the limit"
@@ -121,7 +124,7 @@ def test_poison_records_are_dead_letters_and_change_no_forecast(kafka_broker, tm
     assert_live_matches_replay(live, replay, 12, 4)
 
 
-def _outage_run(tmp_path, budget_s: float, pause_s: float):
+def _outage_run(tmp_path, budget_s: float, pause_s: float, client: str = "kafka-python"):
     """A worker on its own broker, SIGSTOPped for ``pause_s`` while records flow."""
     broker = start_tansu()
     try:
@@ -129,7 +132,7 @@ def _outage_run(tmp_path, budget_s: float, pause_s: float):
         df = synthetic(40, 300, seed=13)
         feed_frame(broker, t["obs"], df, "key", "ts", ["value"])
         port = free_port()
-        cfg = config(broker, tmp_path, t, "g-outage", http_port=port)
+        cfg = config(broker, tmp_path, t, t["group"], http_port=port, client=client)
         env = {"STREAMSEQ_WORKER__OUTAGE_BUDGET_S": str(budget_s), "STREAMSEQ_KAFKA__REQUEST_TIMEOUT_MS": "7000",
                "STREAMSEQ_WORKER__CHECKPOINT_EVERY_S": "0.2"}
         log = tmp_path / "w.log"

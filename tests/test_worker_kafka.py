@@ -4,6 +4,12 @@ Properties: live equals replay; SIGKILL at several points loses nothing and
 every copy of a forecast is identical; a rebalance moves keys with their state;
 bad records go to the dead-letter topic and change no valid forecast; SIGTERM
 exits 0 in time and the next start resumes with no gap and no duplicate.
+
+Every property is checked on the default client (kafka-python). The confluent client
+(librdkafka) runs a chosen few, to keep the broker suite's CI time: live = replay byte for
+byte beside kafka-python, exactly-once under SIGKILL, the rebalance, and (in
+test_worker_faults) poison records as dead letters; tests/test_confluent_connectors.py
+checks its connectors one by one against kafka-python's.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import numpy as np
 import polars as pl
 import pytest
 from kafka_worker_util import (
+    CLIENTS,
     feed_frame,
     forecast_table,
     free_port,
@@ -43,7 +50,8 @@ FORECAST = {"horizon": 6, "season": 24, "models": ["gru", "seasonal_naive", "nai
 
 
 def topics(broker, name):
-    return {k: broker.unique_topic(f"{name}-{k}") for k in ("obs", "forecasts", "dlq", "changelog")}
+    """Fresh topics and a fresh consumer group: runs on the two clients never share a group."""
+    return {k: broker.unique_topic(f"{name}-{k}") for k in ("obs", "forecasts", "dlq", "changelog", "group")}
 
 
 def replay_of(tmp_path, df, key_col, time_col, value_cols, windowing, forecast) -> dict:
@@ -77,7 +85,14 @@ def synthetic(keys, windows, seed=0):
     return generate(keys, windows, seed=seed, irregular=False).with_columns(pl.col("key").cast(pl.String))
 
 
-def test_live_equals_replay_and_any_client_can_read_the_topic(kafka_broker, tmp_path):
+def without_produced_at(value: bytes) -> bytes:
+    """A forecast message less its wall-clock ``produced_at`` (the last field): what two runs share."""
+    head, sep, _ = value.rpartition(b',"produced_at":')
+    assert sep, value[:200]
+    return head
+
+
+def test_live_equals_replay_on_both_clients_byte_for_byte_and_any_client_can_read_the_topic(kafka_broker, tmp_path):
     t = topics(kafka_broker, "live")
     df = pl.read_csv(ROOT / "replay_data" / "parking.csv", try_parse_dates=True).filter(
         pl.col("LastUpdated") < pl.datetime(2016, 10, 20))
@@ -87,15 +102,26 @@ def test_live_equals_replay_and_any_client_can_read_the_topic(kafka_broker, tmp_
                 "ensemble": True}
     n = feed_frame(kafka_broker, t["obs"], df, "SystemCodeNumber", "LastUpdated", ["Occupancy"])
     assert n == df.height
-    cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
-                              dlq=t["dlq"], changelog=t["changelog"], group="g-live", value_fields=["Occupancy"],
-                              windowing=windowing, forecast=forecast)
-    proc = start_worker(cfg, tmp_path / "w.log")
-    assert proc.wait(timeout=240) == 0, (tmp_path / "w.log").read_text()[-3000:]
-
-    live = forecast_table(read_forecasts(kafka_broker, t["forecasts"]))
     replay = replay_of(tmp_path, df, "SystemCodeNumber", "LastUpdated", ["Occupancy"], windowing, forecast)
-    assert_live_matches_replay(live, replay, df["SystemCodeNumber"].n_unique(), 6)
+    published = {}
+    for client in ("kafka-python", "confluent"):  # the same input topic, a group and output topics per client
+        out = {k: kafka_broker.unique_topic(f"live-{client}-{k}") for k in ("forecasts", "dlq", "changelog")}
+        cfg = write_worker_config(tmp_path / f"{client}.toml", kafka_broker, obs=t["obs"], forecasts=out["forecasts"],
+                                  dlq=out["dlq"], changelog=out["changelog"], group=f"g-live-{client}",
+                                  value_fields=["Occupancy"], windowing=windowing, forecast=forecast, client=client)
+        log = tmp_path / f"{client}.log"
+        proc = start_worker(cfg, log)
+        assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
+        live = forecast_table(read_forecasts(kafka_broker, out["forecasts"]))
+        assert_live_matches_replay(live, replay, df["SystemCodeNumber"].n_unique(), 6)
+        published[client] = out["forecasts"]
+
+    # Byte for byte: the same messages (key, value less produced_at), on the same partition, in the same order.
+    raw = {client: read_raw(kafka_broker, topic, partitions=True) for client, topic in published.items()}
+    assert raw["kafka-python"], "no forecasts were published"
+    for client, records in raw.items():
+        raw[client] = [(p, k, without_produced_at(v)) for p, k, v in records]
+    assert raw["confluent"] == raw["kafka-python"]
 
     # An independent client (librdkafka) reads the same messages, and each one validates against the schema.
     import jsonschema
@@ -105,9 +131,10 @@ def test_live_equals_replay_and_any_client_can_read_the_topic(kafka_broker, tmp_
 
     schema = json.loads(Path(SCHEMA_PATH).read_text())
     validator = jsonschema.Draft202012Validator(schema)
+    topic = published["kafka-python"]
     c = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": "independent", "enable.auto.commit": False})
-    meta = c.list_topics(t["forecasts"], timeout=10)
-    c.assign([TopicPartition(t["forecasts"], p, 0) for p in meta.topics[t["forecasts"]].partitions])
+    meta = c.list_topics(topic, timeout=10)
+    c.assign([TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions])
     seen, idle = 0, time.monotonic()
     while time.monotonic() - idle < 3:
         msg = c.poll(0.2)
@@ -119,7 +146,7 @@ def test_live_equals_replay_and_any_client_can_read_the_topic(kafka_broker, tmp_
         assert msg.key().decode() == doc["key"]
         seen += 1
     c.close()
-    assert seen == sum(len(v) for v in live.values())
+    assert seen == len(raw["kafka-python"])
 
 
 def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path, lateness="5min"):
@@ -132,7 +159,7 @@ def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path, latenes
     port = free_port()
     windowing = {**WINDOWING, "allowed_lateness": lateness}
     cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
-                              dlq=t["dlq"], changelog=t["changelog"], group="g-crash", value_fields=["value"],
+                              dlq=t["dlq"], changelog=t["changelog"], group=t["group"], value_fields=["value"],
                               windowing=windowing, forecast=FORECAST, http_port=port)
     log = tmp_path / "w.log"
     for threshold in (4_000, 6_000, 8_000):  # records_in counts from each start
@@ -150,7 +177,8 @@ def test_sigkill_at_several_points_loses_nothing(kafka_broker, tmp_path, latenes
     assert read_raw(kafka_broker, t["dlq"], idle_s=1.0) == [], "no valid record may be dead-lettered"
 
 
-def test_exactly_once_mode_survives_sigkill(kafka_broker, tmp_path, lateness="5min"):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_exactly_once_mode_survives_sigkill(kafka_broker, tmp_path, client, lateness="5min"):
     """Transactions: Tansu leaves aborted records visible (KAFKA.md), so copies may exist; they must be identical.
     Lateness 5 min: with aborted state visible, the restored-partition path is hit on almost every kill."""
     t = topics(kafka_broker, "eos")
@@ -159,8 +187,9 @@ def test_exactly_once_mode_survives_sigkill(kafka_broker, tmp_path, lateness="5m
     port = free_port()
     windowing = {**WINDOWING, "allowed_lateness": lateness}
     cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
-                              dlq=t["dlq"], changelog=t["changelog"], group="g-eos", value_fields=["value"],
-                              windowing=windowing, forecast=FORECAST, http_port=port, exactly_once=True)
+                              dlq=t["dlq"], changelog=t["changelog"], group=t["group"], value_fields=["value"],
+                              windowing=windowing, forecast=FORECAST, http_port=port, exactly_once=True,
+                              client=client)
     log = tmp_path / "w.log"
     proc = start_worker(cfg, log, idle_s=None)
     assert wait_for(lambda: (metric(port, "streamseq_records_in") or 0) >= 5_000, 120), log.read_text()[-3000:]
@@ -173,33 +202,39 @@ def test_exactly_once_mode_survives_sigkill(kafka_broker, tmp_path, lateness="5m
     assert read_raw(kafka_broker, t["dlq"], idle_s=1.0) == [], "no valid record may be dead-lettered"
 
 
-def test_rebalance_moves_keys_with_their_state(kafka_broker, tmp_path):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_rebalance_moves_keys_with_their_state(kafka_broker, tmp_path, client):
     t = topics(kafka_broker, "rebal")
     df = synthetic(40, 300, seed=2)
     half = df.filter(pl.col("ts") < df["ts"].min() + pl.duration(hours=150))
     rest = df.filter(pl.col("ts") >= df["ts"].min() + pl.duration(hours=150))
     pa, pb = free_port(), free_port()
-    common = dict(obs=t["obs"], forecasts=t["forecasts"], dlq=t["dlq"], changelog=t["changelog"], group="g-rebal",
-                  value_fields=["value"], windowing=WINDOWING, forecast=FORECAST)
+    common = dict(obs=t["obs"], forecasts=t["forecasts"], dlq=t["dlq"], changelog=t["changelog"], group=t["group"],
+                  value_fields=["value"], windowing=WINDOWING, forecast=FORECAST, client=client)
     cfg_a = write_worker_config(tmp_path / "a.toml", kafka_broker, http_port=pa, **common)
     cfg_b = write_worker_config(tmp_path / "b.toml", kafka_broker, http_port=pb, **common)
     feed_frame(kafka_broker, t["obs"], half, "key", "ts", ["value"])
     a = start_worker(cfg_a, tmp_path / "a.log", idle_s=None)
     b = start_worker(cfg_b, tmp_path / "b.log", idle_s=None)
-    both = lambda: (metric(pa, "streamseq_keys") or 0) > 0 and (metric(pb, "streamseq_keys") or 0) > 0  # noqa: E731
-    assert wait_for(both, 120), (tmp_path / "a.log").read_text()[-2000:] + (tmp_path / "b.log").read_text()[-2000:]
-    done = lambda: (metric(pa, "streamseq_records_in") or 0) + (metric(pb, "streamseq_records_in") or 0) >= half.height  # noqa: E731
-    assert wait_for(done, 120)
-    done_by_b = metric(pb, "streamseq_records_in") or 0
-    restored_before = metric(pa, "streamseq_restored_keys") or 0  # before B leaves: A may take over at once
-    assert kill(b, signal.SIGTERM) == 0  # graceful leave: A takes over B's partitions
-    feed_frame(kafka_broker, t["obs"], rest, "key", "ts", ["value"])
-    assert wait_for(lambda: (metric(pa, "streamseq_restored_keys") or 0) > restored_before, 120), \
-        (tmp_path / "a.log").read_text()[-3000:]
-    # B committed everything it consumed before leaving: A reads each remaining record once.
-    assert wait_for(lambda: (metric(pa, "streamseq_records_in") or 0) + done_by_b >= df.height, 180), \
-        (tmp_path / "a.log").read_text()[-3000:]
-    assert kill(a, signal.SIGTERM) == 0
+    try:
+        both = lambda: (metric(pa, "streamseq_keys") or 0) > 0 and (metric(pb, "streamseq_keys") or 0) > 0  # noqa: E731
+        assert wait_for(both, 120), (tmp_path / "a.log").read_text()[-2000:] + (tmp_path / "b.log").read_text()[-2000:]
+        done = lambda: (metric(pa, "streamseq_records_in") or 0) + (metric(pb, "streamseq_records_in") or 0) >= half.height  # noqa: E731
+        assert wait_for(done, 120)
+        done_by_b = metric(pb, "streamseq_records_in") or 0
+        restored_before = metric(pa, "streamseq_restored_keys") or 0  # before B leaves: A may take over at once
+        assert kill(b, signal.SIGTERM) == 0  # graceful leave: A takes over B's partitions
+        feed_frame(kafka_broker, t["obs"], rest, "key", "ts", ["value"])
+        assert wait_for(lambda: (metric(pa, "streamseq_restored_keys") or 0) > restored_before, 120), \
+            (tmp_path / "a.log").read_text()[-3000:]
+        # B committed everything it consumed before leaving: A reads each remaining record once.
+        assert wait_for(lambda: (metric(pa, "streamseq_records_in") or 0) + done_by_b >= df.height, 180), \
+            (tmp_path / "a.log").read_text()[-3000:]
+        assert kill(a, signal.SIGTERM) == 0
+    finally:  # a failed wait must not leave the workers running
+        for proc in (a, b):
+            if proc.poll() is None:
+                kill(proc, signal.SIGKILL)
     live = forecast_table(read_forecasts(kafka_broker, t["forecasts"]))
     replay = replay_of(tmp_path, df, "key", "ts", ["value"], WINDOWING, FORECAST)
     assert_live_matches_replay(live, replay, 40, 4)
@@ -239,7 +274,7 @@ def test_bad_records_go_to_the_dead_letter_topic_and_change_nothing(kafka_broker
     producer.close()
     assert bad_sent == 1000
     cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
-                              dlq=t["dlq"], changelog=t["changelog"], group="g-bad", value_fields=["value"],
+                              dlq=t["dlq"], changelog=t["changelog"], group=t["group"], value_fields=["value"],
                               windowing=WINDOWING, forecast=FORECAST)
     proc = start_worker(cfg, tmp_path / "w.log")
     assert proc.wait(timeout=240) == 0, (tmp_path / "w.log").read_text()[-3000:]
@@ -259,7 +294,7 @@ def test_sigterm_exits_zero_in_time_and_resumes_without_gap_or_duplicate(kafka_b
     feed_frame(kafka_broker, t["obs"], df, "key", "ts", ["value"])
     port = free_port()
     cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
-                              dlq=t["dlq"], changelog=t["changelog"], group="g-term", value_fields=["value"],
+                              dlq=t["dlq"], changelog=t["changelog"], group=t["group"], value_fields=["value"],
                               windowing=WINDOWING, forecast=FORECAST, http_port=port)
     log = tmp_path / "w.log"
     proc = start_worker(cfg, log, idle_s=None)
@@ -289,7 +324,7 @@ def test_hot_swap_during_a_live_run_changes_the_version_with_no_gap(kafka_broker
     port = free_port()
     reg_path = tmp_path / "registry"
     cfg_path = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
-                                   dlq=t["dlq"], changelog=t["changelog"], group="g-swap", value_fields=["value"],
+                                   dlq=t["dlq"], changelog=t["changelog"], group=t["group"], value_fields=["value"],
                                    windowing=WINDOWING, forecast=FORECAST, http_port=port, registry=str(reg_path))
     feed_frame(kafka_broker, t["obs"], first, "key", "ts", ["value"])
     log = tmp_path / "w.log"
@@ -338,7 +373,7 @@ def test_calendar_windows_live_equal_replay_and_target_the_month_ends(kafka_brok
     forecast = {"horizon": 3, "season": 0, "models": ["gru", "seasonal_naive", "naive"], "ensemble": True}
     feed_frame(kafka_broker, t["obs"], df, "key", "ts", ["value"])
     cfg = write_worker_config(tmp_path / "w.toml", kafka_broker, obs=t["obs"], forecasts=t["forecasts"],
-                              dlq=t["dlq"], changelog=t["changelog"], group="g-monthly", value_fields=["value"],
+                              dlq=t["dlq"], changelog=t["changelog"], group=t["group"], value_fields=["value"],
                               windowing=windowing, forecast=forecast)
     proc = start_worker(cfg, tmp_path / "w.log")
     assert proc.wait(timeout=240) == 0, (tmp_path / "w.log").read_text()[-3000:]

@@ -6,34 +6,17 @@ exists with another partition count is an error, never silently accepted.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 from kafka import KafkaAdminClient
 from kafka import errors as kerr
 
+from ..common.errors import KafkaConnectorError, TopicMismatchError
+from ..common.topics import TopicSpec, changelog_spec
 from .settings import KafkaSettings
-from .sink import KafkaConnectorError
+
+__all__ = ["TopicMismatchError", "TopicSpec", "changelog_spec", "ensure_topics", "topic_partition_counts"]
 
 log = logging.getLogger(__name__)
-
-
-class TopicMismatchError(KafkaConnectorError):
-    """A topic exists with a partition count other than the one required."""
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    """A topic the pipeline needs; replication_factor -1 = the broker's default (Kafka >= 2.4)."""
-
-    name: str
-    partitions: int
-    replication_factor: int = -1
-    config: dict[str, str] = field(default_factory=dict)
-
-
-def changelog_spec(name: str, partitions: int, replication_factor: int = -1) -> TopicSpec:
-    """A compacted changelog topic; give it the source topic's partition count."""
-    return TopicSpec(name, partitions, replication_factor, {"cleanup.policy": "compact"})
 
 
 def ensure_topics(settings: KafkaSettings, specs: list[TopicSpec], timeout_s: float = 30.0) -> dict[str, str]:

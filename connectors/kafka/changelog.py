@@ -29,14 +29,14 @@ import time
 
 from kafka import KafkaConsumer, TopicPartition
 
+from ..common.errors import RestoreError
+from ..common.topics import fold_changelog
 from .settings import KafkaSettings
-from .sink import KafkaConnectorError, KafkaProducerHandle
+from .sink import KafkaProducerHandle
 
 log = logging.getLogger(__name__)
 
-
-class RestoreError(KafkaConnectorError):
-    """A changelog could not be read back completely in time."""
+__all__ = ["ChangelogStore", "RestoreError"]
 
 
 class ChangelogStore:
@@ -107,13 +107,7 @@ class ChangelogStore:
             for records in polled.values():
                 records_read += len(records)
                 for r in records:
-                    if r.key is None:
-                        continue
-                    key = r.key.decode("utf-8", "replace")
-                    if r.value is None:
-                        state.pop(key, None)
-                    else:
-                        state[key] = r.value
+                    fold_changelog(state, r.key, r.value)
             if polled:
                 last_progress = now
             highwater = {tp: consumer.highwater(tp) for tp in pending}

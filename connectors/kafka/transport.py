@@ -21,8 +21,12 @@ from .source import KafkaSource
 
 
 def settings_from_config(cfg: Config) -> KafkaSettings:
-    """The client settings of ``[kafka]``; delivery semantics come from ``[worker] exactly_once`` alone."""
-    d = dict(cfg.kafka)
+    """The client settings of ``[kafka]``; delivery semantics come from ``[worker] exactly_once`` alone.
+
+    ``client`` (which transport) and librdkafka's own properties (keys with a dot, the ``librdkafka``
+    table: connectors.confluent) are not kafka-python's and are left out.
+    """
+    d = {k: v for k, v in cfg.kafka.items() if k not in ("client", "librdkafka") and "." not in str(k)}
     if "exactly_once" in d:
         raise ConfigError("kafka.exactly_once", "no such key here: set [worker] exactly_once (one switch)")
     d.setdefault("group_id", "streamseq-worker")
@@ -37,6 +41,7 @@ def settings_from_config(cfg: Config) -> KafkaSettings:
 
 class KafkaTransport:
     settings_class = KafkaSettings
+    settings_from_config = staticmethod(settings_from_config)
 
     def __init__(self, cfg: Config, settings: KafkaSettings | None = None):
         self.cfg = cfg

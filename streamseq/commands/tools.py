@@ -74,13 +74,14 @@ def cmd_broker(a: argparse.Namespace) -> int:
 def cmd_config_check(a: argparse.Namespace) -> int:
     from .. import config as config_mod
     from .. import plugins
+    from ..compose import transport_name
 
     for f in a.files:
         cfg = config_mod.load(f)
         if cfg.kafka:
-            settings_cls = getattr(plugins.load("transports", "kafka"), "settings_class", None)
-            if settings_cls is not None:
-                settings_cls.from_dict(cfg.kafka)
+            check = getattr(plugins.load("transports", transport_name(cfg)), "settings_from_config", None)
+            if check is not None:
+                check(cfg)
         print(f"{f}: ok")
     return 0
 

@@ -91,14 +91,14 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
 def cmd_feed(a: argparse.Namespace) -> int:
     from .. import plugins
-    from ..compose import open_source
+    from ..compose import open_source, transport_name
 
     cfg = args.config_from_args(a)
     _kafka_overrides(cfg, a)
     args.setup_logging(a, cfg)
     src = open_source(cfg)
     part = src.build_part(src.list_parts()[0], None)
-    transport = plugins.load("transports", "kafka")(cfg)
+    transport = plugins.load("transports", transport_name(cfg))(cfg)
     if a.create_topics:
         transport.ensure_topics()
     n = transport.feed(part, a.topic, value_fields=list(cfg.source.value_cols), key_field=a.key_field,
@@ -109,12 +109,13 @@ def cmd_feed(a: argparse.Namespace) -> int:
 
 def cmd_forecasts(a: argparse.Namespace) -> int:
     from .. import plugins
+    from ..compose import transport_name
     from ..timeutil import iso
 
     cfg = args.load_config(a.config)
     _kafka_overrides(cfg, a)
     args.setup_logging(a, cfg)
-    transport = plugins.load("transports", "kafka")(cfg)
+    transport = plugins.load("transports", transport_name(cfg))(cfg)
     it = transport.iter_forecasts(a.topic, from_beginning=a.from_beginning, key=a.key,
                                   max_idle_s=None if a.follow else a.max_idle)
     out = sys.stdout
