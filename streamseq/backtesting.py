@@ -229,24 +229,28 @@ def run_backtest(cfg: Config, out_dir: str | os.PathLike, *, progress: bool | No
         note(seasonal)
     part = src.build_part(src.list_parts()[0], None)
     pipe = build_pipeline(cfg, parallel=True)
-    ParquetForecastSink = plugins.load("sinks", "parquet")
-    JsonlSink = plugins.load("sinks", "jsonl")
-    sink = ParquetForecastSink(str(out / "forecasts.parquet"), str(out / "windows.parquet"))
-    dead_path = out / "dead_letter.jsonl"
-    for stale in (dead_path, out / "report.html"):  # files of an earlier run that this one may not write
-        if stale.exists():
-            stale.unlink()
-    dead = JsonlSink(str(dead_path))
-    examples = _FirstOfEachReason()
-    pipe.add_sink(sink)
-    pipe.add_dead_letter_sink(dead)
-    pipe.add_dead_letter_sink(examples)
-    retrainer = None
-    if cfg.trainer.every_windows > 0 or cfg.trainer.every or cfg.trainer.fit_first > 0:
-        # The trainer's schedule runs in event time: the backtest shows what retraining would have done live.
-        from .hotswap import attach_retraining
+    try:  # until the run's own try/finally: a failure here must not leave the model process behind
+        ParquetForecastSink = plugins.load("sinks", "parquet")
+        JsonlSink = plugins.load("sinks", "jsonl")
+        sink = ParquetForecastSink(str(out / "forecasts.parquet"), str(out / "windows.parquet"))
+        dead_path = out / "dead_letter.jsonl"
+        for stale in (dead_path, out / "report.html"):  # files of an earlier run that this one may not write
+            if stale.exists():
+                stale.unlink()
+        dead = JsonlSink(str(dead_path))
+        examples = _FirstOfEachReason()
+        pipe.add_sink(sink)
+        pipe.add_dead_letter_sink(dead)
+        pipe.add_dead_letter_sink(examples)
+        retrainer = None
+        if cfg.trainer.every_windows > 0 or cfg.trainer.every or cfg.trainer.fit_first > 0:
+            # The trainer's schedule runs in event time: the backtest shows what retraining would have done live.
+            from .hotswap import attach_retraining
 
-        retrainer = attach_retraining(pipe, cfg)
+            retrainer = attach_retraining(pipe, cfg)
+    except BaseException:
+        close_pipeline(pipe)
+        raise
     bar = Progress(getattr(part, "total_rows", None), stream=stream, enabled=progress)
     t0 = time.perf_counter()
     try:

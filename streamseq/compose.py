@@ -75,15 +75,20 @@ def build_pipeline(cfg: Config, value_cols: list[str] | None = None, clock=None,
         host = ModelHost([(n, build, ("streamseq.models.river_baselines", RIVER_MODELS[n], (H, m)))
                           for n in offloaded(cfg)], H)  # started first: it boots while torch imports here
         remote = host.models
-    if TORCH_MODELS.intersection(cfg.forecast.models):  # torch is not even imported without them
-        set_threads(torch_threads(cfg, streaming))
-    cols = value_cols or cfg.source.value_cols
-    spec = window_spec(cfg, cols)
-    models = [remote[n] if n in remote else build_model(cfg, n, spec.n_features) for n in cfg.forecast.models]
-    return Pipeline(
-        spec, len(cols), models, cfg.forecast.horizon,
-        interval_level=cfg.forecast.interval_level, ensemble=cfg.forecast.ensemble, clock=clock,
-    )
+    try:
+        if TORCH_MODELS.intersection(cfg.forecast.models):  # torch is not even imported without them
+            set_threads(torch_threads(cfg, streaming))
+        cols = value_cols or cfg.source.value_cols
+        spec = window_spec(cfg, cols)
+        models = [remote[n] if n in remote else build_model(cfg, n, spec.n_features) for n in cfg.forecast.models]
+        return Pipeline(
+            spec, len(cols), models, cfg.forecast.horizon,
+            interval_level=cfg.forecast.interval_level, ensemble=cfg.forecast.ensemble, clock=clock,
+        )
+    except BaseException:
+        if remote:  # no pipeline to close it later: the model process goes now
+            next(iter(remote.values()))._host.close()
+        raise
 
 
 def close_pipeline(pipe: Pipeline) -> None:

@@ -136,3 +136,22 @@ def test_model_process_takes_long_source_batches(monkeypatch):
         close_pipeline(pipe)
     per_model = {m: sum(len(b) for b in sink.batches if b.model == m) for m in ("gru", "snarimax", "holt_winters")}
     assert per_model == {"gru": 6000, "snarimax": 6000, "holt_winters": 6000}  # run() closes the last window too
+
+
+def test_model_process_stops_when_the_pipeline_cannot_be_built(monkeypatch):
+    from streamseq import compose, offload
+    from streamseq.config import from_dict
+
+    monkeypatch.setattr(compose.os, "cpu_count", lambda: 2)
+    closed = []
+    real_close = offload.ModelHost.close
+    monkeypatch.setattr(offload.ModelHost, "close", lambda self: (closed.append(self), real_close(self)))
+
+    def broken(*a, **k):
+        raise ValueError("no such model")
+
+    monkeypatch.setattr(compose, "build_model", broken)
+    cfg = from_dict({"forecast": {"horizon": 4, "season": 6, "models": ["gru", "snarimax"]}})
+    with pytest.raises(ValueError, match="no such model"):
+        compose.build_pipeline(cfg, parallel=True)
+    assert len(closed) == 1 and closed[0]._proc is None  # stopped and waited for
