@@ -23,7 +23,7 @@ from pathlib import Path
 import polars as pl
 
 from . import plugins, specs
-from .compose import build_pipeline, open_source
+from .compose import build_pipeline, close_pipeline, open_source
 from .config import Config
 from .errors import DataError, InputError, UsageError
 from .ports import DeadLetterSink
@@ -57,6 +57,7 @@ class BacktestResult:
     provenance: dict = field(default_factory=dict)
     interval_level: float = 0.9
     value_label: str = "value"
+    seconds: float = 0.0  # the replay's wall time (pipe.run to the sinks' close), unrounded
 
     def write_report(self, path: str | os.PathLike) -> Path:
         """report.html of this run at ``path``."""
@@ -227,25 +228,29 @@ def run_backtest(cfg: Config, out_dir: str | os.PathLike, *, progress: bool | No
     if seasonal:
         note(seasonal)
     part = src.build_part(src.list_parts()[0], None)
-    pipe = build_pipeline(cfg)
-    ParquetForecastSink = plugins.load("sinks", "parquet")
-    JsonlSink = plugins.load("sinks", "jsonl")
-    sink = ParquetForecastSink(str(out / "forecasts.parquet"), str(out / "windows.parquet"))
-    dead_path = out / "dead_letter.jsonl"
-    for stale in (dead_path, out / "report.html"):  # files of an earlier run that this one may not write
-        if stale.exists():
-            stale.unlink()
-    dead = JsonlSink(str(dead_path))
-    examples = _FirstOfEachReason()
-    pipe.add_sink(sink)
-    pipe.add_dead_letter_sink(dead)
-    pipe.add_dead_letter_sink(examples)
-    retrainer = None
-    if cfg.trainer.every_windows > 0 or cfg.trainer.every or cfg.trainer.fit_first > 0:
-        # The trainer's schedule runs in event time: the backtest shows what retraining would have done live.
-        from .hotswap import attach_retraining
+    pipe = build_pipeline(cfg, parallel=True)
+    try:  # until the run's own try/finally: a failure here must not leave the model process behind
+        ParquetForecastSink = plugins.load("sinks", "parquet")
+        JsonlSink = plugins.load("sinks", "jsonl")
+        sink = ParquetForecastSink(str(out / "forecasts.parquet"), str(out / "windows.parquet"))
+        dead_path = out / "dead_letter.jsonl"
+        for stale in (dead_path, out / "report.html"):  # files of an earlier run that this one may not write
+            if stale.exists():
+                stale.unlink()
+        dead = JsonlSink(str(dead_path))
+        examples = _FirstOfEachReason()
+        pipe.add_sink(sink)
+        pipe.add_dead_letter_sink(dead)
+        pipe.add_dead_letter_sink(examples)
+        retrainer = None
+        if cfg.trainer.every_windows > 0 or cfg.trainer.every or cfg.trainer.fit_first > 0:
+            # The trainer's schedule runs in event time: the backtest shows what retraining would have done live.
+            from .hotswap import attach_retraining
 
-        retrainer = attach_retraining(pipe, cfg)
+            retrainer = attach_retraining(pipe, cfg)
+    except BaseException:
+        close_pipeline(pipe)
+        raise
     bar = Progress(getattr(part, "total_rows", None), stream=stream, enabled=progress)
     t0 = time.perf_counter()
     try:
@@ -255,6 +260,7 @@ def run_backtest(cfg: Config, out_dir: str | os.PathLike, *, progress: bool | No
         sink.close()
         dead.close()
         part.close()
+        close_pipeline(pipe)
         if retrainer is not None:
             retrainer.close()
     elapsed = time.perf_counter() - t0
@@ -317,7 +323,7 @@ def run_backtest(cfg: Config, out_dir: str | os.PathLike, *, progress: bool | No
         summary["dead letters by reason"] = ", ".join(f"{k}: {v}" for k, v in sorted(st.dead_by_reason.items()))
     result = BacktestResult(out, metrics, format_table(metrics, models_order=None), summary, warnings,
                             forecasts, windows, by_key, provenance(cfg, command), cfg.forecast.interval_level,
-                            cfg.source.value_cols[0])
+                            cfg.source.value_cols[0], elapsed)
     if report:
         result.write_report(out / "report.html")
     if not keep_frames:

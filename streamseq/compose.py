@@ -14,20 +14,28 @@ import os
 
 from . import plugins
 from .config import Config
-from .models import NaiveForecaster, SeasonalNaiveForecaster, StatefulRNNForecaster
 from .models.base import BatchForecaster
 from .pipeline import Pipeline
 from .specs import rnn_config, season, torch_threads, transformer_config, window_spec
 from .threads import set_threads
 
+TORCH_MODELS = frozenset({"gru", "lstm", "transformer"})
+
 
 def build_model(cfg: Config, name: str, n_features: int) -> BatchForecaster:
+    """One model; its module (and torch or river) is imported only when it is asked for."""
     H, m = cfg.forecast.horizon, season(cfg)
     if name in ("gru", "lstm"):
+        from .models.rnn import StatefulRNNForecaster
+
         return StatefulRNNForecaster(rnn_config(cfg, name, n_features))
     if name == "naive":
+        from .models.naive import NaiveForecaster
+
         return NaiveForecaster(H)
     if name == "seasonal_naive":
+        from .models.naive import SeasonalNaiveForecaster
+
         return SeasonalNaiveForecaster(H, m)
     if name == "snarimax":
         from .models.river_baselines import SNARIMAXForecaster
@@ -44,16 +52,50 @@ def build_model(cfg: Config, name: str, n_features: int) -> BatchForecaster:
     raise ValueError(name)
 
 
+RIVER_MODELS = {"snarimax": "SNARIMAXForecaster", "holt_winters": "HoltWintersForecaster"}
+
+
+def offloaded(cfg: Config) -> list[str]:
+    """The models a replay advances in a second process: river's (no shared weights, the slowest per
+    key) when neural models keep this process busy meanwhile and there is a second core."""
+    names = cfg.forecast.models
+    if (os.cpu_count() or 1) < 2 or not TORCH_MODELS.intersection(names):
+        return []
+    return [n for n in names if n in RIVER_MODELS]
+
+
 def build_pipeline(cfg: Config, value_cols: list[str] | None = None, clock=None,
-                   streaming: bool = False) -> Pipeline:
-    set_threads(torch_threads(cfg, streaming))
-    cols = value_cols or cfg.source.value_cols
-    spec = window_spec(cfg, cols)
-    models = [build_model(cfg, n, spec.n_features) for n in cfg.forecast.models]
-    return Pipeline(
-        spec, len(cols), models, cfg.forecast.horizon,
-        interval_level=cfg.forecast.interval_level, ensemble=cfg.forecast.ensemble, clock=clock,
-    )
+                   streaming: bool = False, parallel: bool = False) -> Pipeline:
+    """``parallel``: run ``offloaded(cfg)`` models in a child process (a replay; ``close_pipeline`` stops it)."""
+    remote = {}
+    if parallel and offloaded(cfg):
+        from .offload import ModelHost, build
+
+        H, m = cfg.forecast.horizon, season(cfg)
+        host = ModelHost([(n, build, ("streamseq.models.river_baselines", RIVER_MODELS[n], (H, m)))
+                          for n in offloaded(cfg)], H)  # started first: it boots while torch imports here
+        remote = host.models
+    try:
+        if TORCH_MODELS.intersection(cfg.forecast.models):  # torch is not even imported without them
+            set_threads(torch_threads(cfg, streaming))
+        cols = value_cols or cfg.source.value_cols
+        spec = window_spec(cfg, cols)
+        models = [remote[n] if n in remote else build_model(cfg, n, spec.n_features) for n in cfg.forecast.models]
+        return Pipeline(
+            spec, len(cols), models, cfg.forecast.horizon,
+            interval_level=cfg.forecast.interval_level, ensemble=cfg.forecast.ensemble, clock=clock,
+        )
+    except BaseException:
+        if remote:  # no pipeline to close it later: the model process goes now
+            next(iter(remote.values()))._host.close()
+        raise
+
+
+def close_pipeline(pipe: Pipeline) -> None:
+    """Stop what a pipeline's models run beside it (the model process of a parallel replay)."""
+    hosts = {id(h): h for h in (getattr(m, "_host", None) for m in pipe.models.values()) if h is not None}
+    for h in hosts.values():
+        h.close()
 
 
 def open_source(cfg: Config, clock=None):

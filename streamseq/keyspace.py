@@ -5,6 +5,8 @@ key in a step is one fancy-indexing op. Slots of forgotten keys are reused.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 
@@ -23,6 +25,8 @@ class KeyIndex:
         self._free: list[int] = []
         self.capacity = capacity
         self._listeners: list = []
+        self.generation = 0  # changes whenever a key comes or goes
+
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -64,6 +68,10 @@ class KeyIndex:
     def items(self):
         return self._slot.items()
 
+    def slot_keys(self) -> list[str | None]:
+        """The key of every slot handed out so far (None where it was freed)."""
+        return self._keys
+
     def forget(self, keys) -> list[int]:
         """Drop keys (e.g. their partition was revoked); returns the freed slots."""
         freed = []
@@ -73,6 +81,7 @@ class KeyIndex:
                 self._keys[s] = None
                 self._free.append(s)
                 freed.append(s)
+        self.generation += 1
         return freed
 
     def _reserve(self, new_keys: int) -> None:
@@ -89,6 +98,7 @@ class KeyIndex:
             self.capacity = new_cap
 
     def _new_slot(self, key: str) -> int:
+        self.generation += 1
         if self._free:
             s = self._free.pop()
             self._keys[s] = key
@@ -105,15 +115,11 @@ def grow(arr, capacity: int, fill=0):
     n = arr.shape[0]
     if n >= capacity:
         return arr
-    try:
-        import torch
-
-        if isinstance(arr, torch.Tensor):
-            grown = torch.full((capacity, *arr.shape[1:]), fill, dtype=arr.dtype)
-            grown[:n] = arr
-            return grown
-    except ImportError:  # pragma: no cover
-        pass
+    torch = sys.modules.get("torch")  # a tensor means torch is imported; never import it for numpy arrays
+    if torch is not None and isinstance(arr, torch.Tensor):
+        grown = torch.full((capacity, *arr.shape[1:]), fill, dtype=arr.dtype)
+        grown[:n] = arr
+        return grown
     out = np.full((capacity, *arr.shape[1:]), fill, dtype=arr.dtype)
     out[:n] = arr
     return out

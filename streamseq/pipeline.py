@@ -21,7 +21,7 @@ from .clock import SystemClock
 from .ensemble import combine
 from .errors import StreamseqError
 from .keyspace import KeyIndex, grow
-from .models.base import BatchForecaster
+from .models.base import BatchForecaster, WindowStep
 from .ports import DeadLetterSink, ForecastSink, SourcePartition
 from .records import DeadLetter, ForecastBatch, ObservationBatch, WindowBatch
 from .state_codec import RESET, core_faults, select
@@ -72,6 +72,8 @@ class Pipeline:
             self.calibrators[ENSEMBLE] = ConformalCalibrator(horizon, interval_level)
         self.clock = clock or SystemClock()
         self.keys = KeyIndex(capacity)
+        self._rank_of: np.ndarray | None = None  # slot -> position in the key order (see _key_rank)
+        self._rank_gen = -1
         self.windower = Windower(spec, n_fields, capacity)
         self._last_offset = np.zeros(0, np.int64)
         self._last_ts = np.zeros(0, np.int64)
@@ -264,49 +266,83 @@ class Pipeline:
         self.stats.windows_closed += int((~closed.filled).sum())
         self.stats.windows_filled += int(closed.filled.sum())
         self._dirty[closed.slot] = True
-        bounds = np.flatnonzero(np.r_[True, closed.wid[1:] != closed.wid[:-1], True])
-        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-            self._step(int(closed.wid[a]), closed.slot[a:b], closed.features[a:b],
-                       closed.filled[a:b], closed.count[a:b])
+        # Every window end's keys in key order: deterministic whatever the arrival order.
+        order = np.lexsort((self._key_rank(closed.slot), closed.wid))
+        slot, wid, x, filled, count = (closed.slot[order], closed.wid[order], closed.features[order],
+                                       closed.filled[order], closed.count[order])
+        bounds = np.flatnonzero(np.r_[True, wid[1:] != wid[:-1], True]).tolist()
+        groups = list(zip(bounds[:-1], bounds[1:]))
+        # A retraining schedule (on_step) may swap a model after any window end: then one at a time.
+        per_block = len(groups) if self.on_step is None else 1
+        for i in range(0, len(groups), per_block):
+            part = groups[i:i + per_block]
+            self._steps([(int(wid[a]), slot[a:b], x[a:b], filled[a:b], count[a:b]) for a, b in part])
         return len(closed)
 
-    def _step(self, wid: int, slots, x, filled, count) -> None:
-        """All keys whose window ``wid`` closed: one call per model."""
-        keys = self.keys.keys_of(slots)
-        order = np.argsort(keys, kind="stable")  # deterministic whatever the arrival order
-        slots, x, filled, count, keys = slots[order], x[order], filled[order], count[order], keys[order]
-        end = int(self.grid.end_of(wid))
-        targets = self.grid.end_of(wid + np.arange(1, self.horizon + 1))  # (H,) ns: the calendar's step ends
-        if self.window_sinks or any(type(s).write_windows is not ForecastSink.write_windows for s in self.forecast_sinks):
-            wb = WindowBatch(keys, np.full(len(slots), end, np.int64), count, filled, x,
-                             list(self.spec.feature_names))
-            for s in self.forecast_sinks:
-                s.write_windows(wb)
-            for s in self.window_sinks:
-                s.write_windows(wb)
-        real = ~filled
-        r_slots, r_keys = slots[real], keys[real]
-        y = x[real, 0]
-        produced = self.clock.now_ns()
-        means = {}
-        for name, model in self.models.items():
-            cal = self.calibrators[name]
-            if len(r_slots):
-                cal.observe(r_slots, wid, y)
-            model.update(slots, x, filled, wid)
+    def _key_rank(self, slots: np.ndarray) -> np.ndarray:
+        """Each slot's position in the key order (recomputed when keys come or go)."""
+        ki = self.keys
+        if self._rank_of is None or self._rank_gen != ki.generation:
+            names = np.array([k if k is not None else "" for k in ki.slot_keys()], dtype=object)
+            rank = np.empty(len(names), np.int64)
+            rank[np.argsort(names, kind="stable")] = np.arange(len(names))
+            self._rank_of, self._rank_gen = rank, ki.generation
+        return self._rank_of[slots]
+
+    def _steps(self, groups: list) -> None:
+        """Consecutive window ends, each (wid, slots, x, filled, count) in key order: every model advances
+        over all of them in one call, then each window end is calibrated and emitted in turn, exactly as
+        one window end at a time would do it (models and calibrators share no state)."""
+        H = self.horizon
+        wids = np.array([g[0] for g in groups], np.int64)
+        ends = self.grid.end_of(wids).tolist()
+        targets = self.grid.end_of(wids[:, None] + np.arange(1, H + 1)[None, :])  # (T, H) the calendar's step ends
+        steps = []
+        prev = None
+        for wid, slots, x, filled, _ in groups:
+            if prev is not None and len(prev) == len(slots) and np.array_equal(prev, slots):
+                slots = prev  # the same keys as the window end before: models see it at a glance
+            steps.append(WindowStep(slots, x, filled, wid))
+            prev = slots
+        # Models in another process (offload.py) get their windows first and run beside the others.
+        started = {name: m.advance_async(steps) for name, m in self.models.items() if hasattr(m, "advance_async")}
+        here = {name: m.advance(steps) for name, m in self.models.items() if name not in started}
+        means = {name: here[name] if name in here else started[name]() for name in self.models}
+        window_sinks = list(self.window_sinks)
+        window_sinks += [s for s in self.forecast_sinks if type(s).write_windows is not ForecastSink.write_windows]
+        names = list(self.spec.feature_names)
+        versions = {name: m.version for name, m in self.models.items()}
+        ens_version = "+".join(f"{n}@{v}" for n, v in versions.items())
+        for t, (wid, slots, x, filled, count) in enumerate(groups):
+            keys = self.keys.keys_of(slots)
+            end = ends[t]
+            if window_sinks:
+                wb = WindowBatch(keys, np.full(len(slots), end, np.int64), count, filled, x, names)
+                for s in window_sinks:
+                    s.write_windows(wb)
+            real = ~filled
+            some_filled = not real.all()
+            r_slots, r_keys = (slots[real], keys[real]) if some_filled else (slots, keys)
             if len(r_slots) == 0:
+                if self.on_step is not None:
+                    self.on_step(wid)
                 continue
-            mean = model.forecast(r_slots)
-            means[name] = mean
-            self._emit(name, model.version, cal, r_slots, r_keys, wid, end, targets, mean, produced)
-        if self.ensemble and len(r_slots):
-            cal = self.calibrators[ENSEMBLE]
-            cal.observe(r_slots, wid, y)
-            mean = self._ensemble(r_slots, means)
-            version = "+".join(f"{n}@{m.version}" for n, m in self.models.items())
-            self._emit(ENSEMBLE, version, cal, r_slots, r_keys, wid, end, targets, mean, produced)
-        if self.on_step is not None:
-            self.on_step(wid)
+            y = x[real, 0] if some_filled else x[:, 0]
+            produced = self.clock.now_ns()
+            step_means = {}
+            for name in self.models:
+                cal = self.calibrators[name]
+                cal.observe(r_slots, wid, y)
+                mean = means[name][t]
+                step_means[name] = mean
+                self._emit(name, versions[name], cal, r_slots, r_keys, wid, end, targets[t], mean, produced)
+            if self.ensemble:
+                cal = self.calibrators[ENSEMBLE]
+                cal.observe(r_slots, wid, y)
+                mean = self._ensemble(r_slots, step_means)
+                self._emit(ENSEMBLE, ens_version, cal, r_slots, r_keys, wid, end, targets[t], mean, produced)
+            if self.on_step is not None:
+                self.on_step(wid)
 
     def _emit(self, name, version, cal, slots, keys, wid, end, targets, mean, produced) -> None:
         lo, hi = cal.bounds(slots, mean)

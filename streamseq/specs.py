@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from .config import Config
-from .models.rnn import RNNConfig
+from .models.rnn_config import RNNConfig
 from .windowing import WindowSpec, build_spec
 
 

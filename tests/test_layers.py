@@ -23,7 +23,7 @@ LAYERS = {  # module (or package prefix) -> layer; higher may import lower, neve
     "streamseq.report": 3, "streamseq.synthetic": 3,
     "streamseq.compose": 4, "streamseq.worker": 4, "streamseq.checkpoint": 4, "streamseq.backtesting": 4,
     "streamseq.hotswap": 4, "streamseq.metrics": 4, "streamseq.progress": 4, "streamseq.trainer_process": 4,
-    "streamseq.localbroker": 4, "streamseq.api": 4,
+    "streamseq.localbroker": 4, "streamseq.api": 4, "streamseq.offload": 4,
     "streamseq.commands": 5, "streamseq.__main__": 5, "streamseq": 5,
 }
 NAMES = {0: "utilities", 1: "engine/models/wire", 2: "settings", 3: "training/storage/evaluation", 4: "runtime",

@@ -14,8 +14,19 @@ keyed state only.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class WindowStep:
+    """The closed windows of one window end, as the pipeline hands them to every model."""
+
+    slots: np.ndarray  # (n,) int64 arena slots
+    x: np.ndarray  # (n, F) raw window features, column 0 = target
+    filled: np.ndarray  # (n,) bool: gap-filled windows (state advances, no forecast is asked)
+    wid: int | None = None  # id of the window that closed (see Forecaster.update)
 
 
 class KeyedState(ABC):
@@ -67,9 +78,20 @@ class Forecaster(ABC):
     def forecast(self, slots: np.ndarray) -> np.ndarray:
         """(n, H) point forecasts in the target's units. Pure: state is not changed."""
 
+    def advance(self, steps: list[WindowStep]) -> list[np.ndarray]:
+        """``update`` then ``forecast`` of the real (not gap-filled) keys, for consecutive window ends
+        in order: per step, the (n_real, H) forecasts. A model may do several steps at once (a replay
+        closes many window ends per source batch) if it gives exactly what this loop gives."""
+        out = []
+        for s in steps:
+            self.update(s.slots, s.x, s.filled, s.wid)
+            real = s.slots[~s.filled]
+            out.append(self.forecast(real) if len(real) else np.zeros((0, self.horizon)))
+        return out
+
 
 class BatchForecaster(Forecaster, KeyedState):
     """A model the pipeline runs: a forecaster whose per-key state is keyed state."""
 
 
-__all__ = ["BatchForecaster", "Forecaster", "KeyedState"]
+__all__ = ["BatchForecaster", "Forecaster", "KeyedState", "WindowStep"]

@@ -30,6 +30,7 @@ _ABSURD = 1e3  # |forecast| in standardised units beyond this is divergence
 # well-typed but inconsistent): the key's model is rebuilt instead of stopping the stream.
 _MODEL_FAULTS = (ArithmeticError, ValueError, IndexError, KeyError, TypeError)
 _NO_VALUES = np.empty(0, np.float64)
+_DIVERGED = object()  # a forecast row that came back non-finite or absurd
 log = logging.getLogger("streamseq.models.river")
 
 
@@ -93,6 +94,79 @@ class RiverForecaster(BatchForecaster):
             except _MODEL_FAULTS:
                 models[s] = None  # rebuilt on the next window
                 self.diverged += 1
+
+    def advance(self, steps):
+        """``update`` + ``forecast`` window end after window end, the per-key arithmetic in Python floats
+        (the same IEEE operations as the arrays', so the same bits) and every forecast turned into the
+        target's units in one array operation: what is left per key and window is river's own work."""
+        H = self.horizon
+        models, make, ncan = self._models, self.make, self.can_forecast
+        mean_a, var_a, n_a, last_a = self._mean, self._var, self._n, self._last
+        state: dict[int, list] = {}  # slot -> [mean, var, n, last] while the steps run
+        rows: list = []  # per forecast row: the forecast list (or None: warm-up, or NaN: diverged)
+        row_mean: list[float] = []
+        row_scale: list[float] = []
+        row_last: list[float] = []
+        sizes = []
+        for st in steps:
+            y_all = st.x[:, 0].tolist()
+            real = (~st.filled).tolist()
+            k = 0
+            for s, y, r in zip(st.slots.tolist(), y_all, real):
+                m_ = state.get(s)
+                if m_ is None:
+                    m_ = state[s] = [float(mean_a[s]), float(var_a[s]), int(n_a[s]), float(last_a[s])]
+                mean, var, n = m_[0], m_[1], m_[2]
+                a = max(1.0 / (n + 1), 0.01)  # as update(): Welford with a floor on the weight
+                delta = y - mean
+                mean = mean + a * delta
+                var = (1 - a) * (var + a * delta * delta)
+                n += 1
+                m_[0], m_[1], m_[2], m_[3] = mean, var, n, y
+                scale = math.sqrt(var) + 1e-6 * (abs(mean) + 1e-6)
+                m = models[s]
+                if m is None:
+                    m = models[s] = make()
+                try:
+                    m.learn_one((y - mean) / scale)
+                except _MODEL_FAULTS:
+                    models[s] = m = None
+                    self.diverged += 1
+                if not r:
+                    continue
+                k += 1
+                row_mean.append(mean)
+                row_scale.append(scale)
+                row_last.append(y)
+                if m is None or not ncan(m, n):
+                    rows.append(None)
+                    continue
+                try:
+                    f = m.forecast(horizon=H)
+                    ok = all(math.isfinite(v) and abs(v) < _ABSURD for v in f)
+                except _MODEL_FAULTS:
+                    ok = False
+                if ok:
+                    rows.append(f)
+                else:
+                    rows.append(_DIVERGED)
+                    self.diverged += 1
+                    models[s] = None  # rebuilt on the next window
+            sizes.append(k)
+        if state:
+            slots = np.fromiter(state, np.int64, len(state))
+            vals = np.array(list(state.values()), dtype=np.float64)
+            mean_a[slots], var_a[slots], n_a[slots], last_a[slots] = vals[:, 0], vals[:, 1], vals[:, 2], vals[:, 3]
+        out = np.empty((len(rows), H))
+        have = [i for i, f in enumerate(rows) if f is not None and f is not _DIVERGED]
+        if have:
+            f = np.array([rows[i] for i in have], dtype=np.float64)
+            out[have] = np.array(row_mean)[have, None] + np.array(row_scale)[have, None] * f
+        warm = [i for i, f in enumerate(rows) if f is None]
+        if warm:
+            out[warm] = np.array(row_last)[warm, None]  # warm-up: the last value
+        out[[i for i, f in enumerate(rows) if f is _DIVERGED]] = np.nan
+        return np.split(out, np.cumsum(sizes)[:-1]) if sizes else []
 
     def forecast(self, slots):
         out = np.empty((len(slots), self.horizon))

@@ -43,16 +43,18 @@ origin (tests/test_no_leak.py).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..keyspace import grow
-from .base import BatchForecaster
+from .adam import Adam, clip_grad_norm
+from .base import BatchForecaster, WindowStep
 from .features import calendar_features, seasonal_lags
 from .normalise import RunningStats
+from .rnn_config import RNNConfig
 
 # Below ~12 rows BLAS switches kernels and a row's result depends on the batch
 # size; padding inference calls keeps every key's forecast bitwise independent
@@ -62,6 +64,7 @@ CLIP = 10.0  # normalised inputs are clipped to ±CLIP
 TARGET_CLIP = 20.0  # learning targets, in units of the baseline's error
 TRUST_GAIN = 0.05  # a key uses its full correction once that cuts its step-1 error by 5 %
 TRUST_ALPHA = 0.05  # weight of the newest error in the trust statistics
+MAX_RUN_ROWS = 32_768  # windows × keys advanced in one fused run (bounds the stacked rings' memory)
 PRIOR_N = 4  # windows of weight of the random-walk prior of a lag's error (young keys)
 GAIN_MIN = 0.03  # share of the naive error² the seasonal blend must remove before it is used (fully at 2×)
 
@@ -72,50 +75,6 @@ def _padded(fn, *tensors: torch.Tensor) -> torch.Tensor:
         return fn(*tensors)
     padded = [torch.cat([t, t.new_zeros((MIN_ROWS - n, *t.shape[1:]))]) for t in tensors]
     return fn(*padded)[:n]
-
-
-@dataclass
-class RNNConfig:
-    cell: str = "gru"  # "gru" | "lstm"
-    hidden: int = 64  # hidden units
-    horizon: int = 24  # H, steps forecast directly
-    n_features: int = 1  # window features; feature 0 is the target
-    tbptt: int = 8  # k, windows of truncated BPTT per learning step
-    # s: each key takes a learning step every s-th of its own windows (TBPTT(k, s)); the schedule depends
-    # on the key's history only, so it is the same in replay and live. s = 3 keeps the learning cost of the
-    # richer inputs and head within 1.5x of TBPTT(8, 2) with the old ones, at equal or better accuracy on the
-    # replay_data hourly streams (the baseline does much of the work the learner used to).
-    learn_every: int = 3
-    max_learn_keys: int = 4096  # keys per optimiser step; bounds the training graph's memory
-    lr: float = 2e-3  # the [rnn] lr default too (tests/test_config.py holds them equal)
-    optimizer: str = "adam"  # "adam" | "sgd"
-    learn: bool = True  # online learning of the shared weights
-    normalize: bool = True  # per-key running mean/std normalisation
-    norm_alpha: float = 0.01  # floor of the running-statistics weight (adaptivity)
-    target: str = "delta"  # "delta": correction to the naive/seasonal-naive baseline | "level": to the running mean
-    season: int = 1  # m, windows per season (1 = no seasonal lag)
-    calendar: str = ""  # calendar periods the windows vary in (features.calendar_periods), comma list; "" = none
-    clip: float = 1.0  # gradient-norm clip
-    seed: int = 0
-
-    @property
-    def periods(self) -> tuple[str, ...]:
-        return tuple(p for p in self.calendar.split(",") if p)
-
-    @property
-    def ring(self) -> int:
-        """R: windows a key keeps (k origins, their H targets, one season of lags before them)."""
-        return self.horizon + self.tbptt + self.local
-
-    @property
-    def local(self) -> int:
-        """W: windows a key's local level and unit are taken over (at least a season)."""
-        return max(8, self.season)
-
-    @property
-    def max_lag(self) -> int:
-        """Lmax: the longest lag a baseline forecast of step 1..H reads."""
-        return int(max(self.horizon, seasonal_lags(self.horizon, max(1, self.season))[-1]))
 
 
 class RNNNet(nn.Module):
@@ -148,6 +107,41 @@ class RNNNet(nn.Module):
         h, c = self.cell(x, (state[:, :hd], state[:, hd:]))
         return torch.cat([h, c], dim=1)
 
+    @torch.no_grad()
+    def run(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cell over T windows: x (T, B, n_in), state (B, S) -> (T, B, hidden) h after each window
+        and the (B, S) state after the last one.
+
+        torch's sequence kernel gives the bits of ``step`` window by window (rows padded to MIN_ROWS,
+        oneDNN's LSTM off: it rounds differently) at a fraction of the per-call cost."""
+        T, n = x.shape[0], x.shape[1]
+        if n < MIN_ROWS:
+            x = torch.cat([x, x.new_zeros(T, MIN_ROWS - n, x.shape[2])], dim=1)
+            state = torch.cat([state, state.new_zeros(MIN_ROWS - n, state.shape[1])])
+        c = self.cell
+        params = [c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh]
+        if self.config.cell == "gru":
+            out, _ = torch.gru(x, state[None], params, True, 1, 0.0, False, False, False)
+            return out[:, :n], out[-1, :n]
+        hd = self.config.hidden
+        mkldnn = torch._C._get_mkldnn_enabled()
+        torch._C._set_mkldnn_enabled(False)
+        try:
+            out, h, cs = torch.lstm(x, (state[None, :, :hd].contiguous(), state[None, :, hd:].contiguous()),
+                                    params, True, 1, 0.0, False, False, False)
+        finally:
+            torch._C._set_mkldnn_enabled(mkldnn)
+        return out[:, :n], torch.cat([h[0, :n], cs[0, :n]], dim=1)
+
+    def cell_step(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """``step`` through the cell's op directly (no module call: the learner takes k per step)."""
+        c = self.cell
+        if self.config.cell == "gru":
+            return torch.gru_cell(x, state, c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh)
+        hd = self.config.hidden
+        h, cs = torch.lstm_cell(x, (state[:, :hd], state[:, hd:]), c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh)
+        return torch.cat([h, cs], dim=1)
+
     def out(self, state: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """state (B, S), s (B, H, n_step) per-step features -> (B, H) corrections in units of the baseline error."""
         h = state[:, : self.config.hidden]
@@ -165,6 +159,7 @@ class StatefulRNNForecaster(BatchForecaster):
             torch.manual_seed(config.seed)
             net = RNNNet(config)
         self.net = net
+        self._params = list(self.net.parameters())
         self.opt = self._make_optimizer()
         F, H = config.n_features, config.horizon
         self._m = max(1, config.season)
@@ -191,7 +186,14 @@ class StatefulRNNForecaster(BatchForecaster):
         c = self.config
         if c.optimizer == "sgd":
             return torch.optim.SGD(self.net.parameters(), lr=c.lr, momentum=0.9, foreach=True)
-        return torch.optim.Adam(self.net.parameters(), lr=c.lr, foreach=True)
+        return Adam(self.net.parameters(), lr=c.lr)  # torch.optim.Adam's foreach step, bit for bit
+
+    def _mode(self, train: bool) -> None:
+        """Train or eval mode, set explicitly on every path that runs the network (what ``Module.train``
+        sets, without its walk through ``__setattr__``: the learner switches twice per learning step)."""
+        if self.net.training != train:
+            for m in self.net.modules():
+                object.__setattr__(m, "training", train)
 
     # -- arena --------------------------------------------------------------
     def ensure_capacity(self, capacity):
@@ -211,11 +213,17 @@ class StatefulRNNForecaster(BatchForecaster):
     def _units(self, slots, nseen) -> tuple[np.ndarray, np.ndarray]:
         """Per key: (n, H) weight of seasonal naive in the baseline and (n, H) the baseline's tracked
         RMS error (the output unit)."""
-        sq = self._sq[slots].astype(np.float64)
+        mean, var = self._stats.mean[slots][:, 0], self._stats.var[slots][:, 0]
+        return self._units_of(self._sq[slots], self._cross[slots], mean, var, nseen)
+
+    def _units_of(self, sq32, cross32, mean, var, nseen) -> tuple[np.ndarray, np.ndarray]:
+        """``_units`` from the tracked errors (float32), the target's running mean and variance and the
+        windows seen, one row per key (or per key and window)."""
+        sq = sq32.astype(np.float64)
         H = self.horizon
         A = sq[:, :H]  # naive error² of step j
         B = sq[:, self._Ls - 1]  # seasonal-naive error² of step j
-        C = self._cross[slots].astype(np.float64)
+        C = cross32.astype(np.float64)
         denom = A - 2 * C + B
         ok = denom > 1e-12 * (A + B + 1e-300)
         w = np.clip(np.where(ok, (A - C) / np.where(ok, denom, 1.0), 1.0), 0, 1)
@@ -234,7 +242,6 @@ class StatefulRNNForecaster(BatchForecaster):
         prior = lags[None, :] * sq[:, :1]
         sqs = (seen_n * sq + PRIOR_N * prior) / (seen_n + PRIOR_N)
         e2 = np.where(seen, np.minimum(sqs[:, :H], sqs[:, self._Ls - 1]), sqs[:, :H])
-        mean, var = self._stats.mean[slots][:, 0], self._stats.var[slots][:, 0]
         floor = 1e-3 * (np.abs(mean) + np.sqrt(var)) + 1e-9
         if self.config.target == "level":
             unit = np.repeat((np.sqrt(var) + floor)[:, None], H, axis=1)
@@ -293,8 +300,10 @@ class StatefulRNNForecaster(BatchForecaster):
         unit = torch.maximum(mad, 1e-3 * level.abs()) + 1e-9
         return level, unit
 
-    def _inputs(self, slots, vals, steps, nseen, positions: np.ndarray, wids=None, loc=None) -> torch.Tensor:
-        """(n, P, n_in) cell inputs of the windows at these ring positions (``loc``: their ``_local``)."""
+    def _inputs(self, slots, vals, steps, nseen, positions: np.ndarray, wids=None, loc=None,
+                pos_wids=None) -> torch.Tensor:
+        """(n, P, n_in) cell inputs of the windows at these ring positions (``loc``: their ``_local``;
+        ``wids``: the ring's window ids, or ``pos_wids``: the (n, P) ids of these positions)."""
         R, m = self._R, self._m
         P = torch.from_numpy(np.asarray(positions))
         first = torch.from_numpy(R - np.minimum(nseen, R))[:, None]  # first position holding a window
@@ -313,17 +322,20 @@ class StatefulRNNForecaster(BatchForecaster):
         fill = (steps[:, P] < 0).float()
         parts = [z, fill[..., None], d1[..., None], ds[..., None]]
         if self.config.periods:
-            w = self._ring_wids(steps, self._wid[slots]) if wids is None else wids
-            parts.append(self._calendar(w[:, np.asarray(positions)]))
+            if pos_wids is None:
+                w = self._ring_wids(steps, self._wid[slots]) if wids is None else wids
+                pos_wids = w[:, np.asarray(positions)]
+            parts.append(self._calendar(pos_wids))
         return torch.cat(parts, dim=2)
 
-    def _step_features(self, slots, vals, nseen, w, origins: np.ndarray, target_wids: np.ndarray,
+    def _step_features(self, mean0, vals, nseen, w, origins: np.ndarray, target_wids: np.ndarray,
                        lunit: torch.Tensor | None = None, steps: int | None = None):
         """Baseline (n, K, J) float64 and head features (n, K, J, n_step) of origins at these ring positions,
         for steps 1..J (J = ``steps`` or H).
 
-        ``target_wids``: (n, K, J) window ids of the targets (their calendar); ``lunit``: (n, K) the origins'
-        local unit (``_local``), computed here when not given."""
+        ``mean0``: (n,) the target's running mean (the baseline of ``target = "level"``); ``target_wids``:
+        (n, K, J) window ids of the targets (their calendar); ``lunit``: (n, K) the origins' local unit
+        (``_local``), computed here when not given."""
         R, H = self._R, (steps or self.horizon)
         O = np.asarray(origins)
         spos = O[:, None] + np.arange(1, H + 1)[None, :] - self._Ls[None, :H]  # (K, J) seasonal-naive position
@@ -335,7 +347,7 @@ class StatefulRNNForecaster(BatchForecaster):
         ws = w[:, None, :H] * valid_s
         base = y_o + ws * (y_s - y_o)
         if self.config.target == "level":
-            base = np.broadcast_to(self._stats.mean[slots][:, 0][:, None, None], base.shape).copy()
+            base = np.broadcast_to(mean0[:, None, None], base.shape).copy()
         if lunit is None:
             lunit = self._local(vals, nseen, O)[1][..., 0]
         s0 = np.clip((y_s - y_o) / lunit.double().numpy()[:, :, None], -CLIP, CLIP).astype(np.float32)
@@ -346,136 +358,290 @@ class StatefulRNNForecaster(BatchForecaster):
 
     # -- hot path -------------------------------------------------------------
     def update(self, slots, x, filled, wid=None):
-        c = self.config
-        self._made = None
         slots = np.ascontiguousarray(slots)
-        n = self._n[slots]
+        self._run(slots, np.asarray(x, np.float64)[None], np.asarray(filled, bool)[None], [wid])
+
+    def advance(self, steps: list[WindowStep]) -> list[np.ndarray]:
+        """Consecutive window ends of the same keys go through ``_run`` together (up to MAX_RUN_ROWS)."""
+        out: list[np.ndarray] = []
+        i = 0
+        while i < len(steps):
+            slots = np.ascontiguousarray(steps[i].slots)
+            j = i + 1
+            most = max(1, MAX_RUN_ROWS // max(len(slots), 1))
+            while j < len(steps) and j - i < most and (steps[j].slots is steps[i].slots
+                                                        or np.array_equal(steps[j].slots, slots)):
+                j += 1
+            run = steps[i:j]
+            fc = self._run(slots, np.stack([np.asarray(s.x, np.float64) for s in run]),
+                           np.stack([np.asarray(s.filled, bool) for s in run]), [s.wid for s in run])
+            some = np.stack([s.filled for s in run]).any(axis=1).tolist() if len(run) > 1 else [run[0].filled.any()]
+            out.extend(f[~s.filled] if gap else f for f, s, gap in zip(fc, run, some))
+            i = j
+        return out
+
+    def _run(self, slots, xs, filled, wids) -> np.ndarray:
+        """Advance keys ``slots`` over T consecutive windows: ``xs`` (T, n, F), ``filled`` (T, n), ``wids``
+        T window ids (or None). Returns (T, n, H): each window's forecast, as ``forecast`` gives it.
+
+        Exactly ``update`` window after window: what does not depend on the weights (statistics, rings,
+        inputs, baselines) is computed for all T windows at once; the recurrences that do (h, h_lag) run
+        through the fused cell kernel between learning steps; a key's learning step is taken at its
+        window, before that window's cell step, as one window at a time does it."""
+        c = self.config
+        T, n = filled.shape
+        H, R, p0 = self.horizon, self._R, self._lag_pos
+        self._made = None
         real = ~filled
-        self._stats.update(slots, n, x, self._vals[slots, -1, 0].double().numpy(), real, features=c.normalize)
-        if wid is None:
-            gap = np.ones(len(slots), np.int64)
-            new_wid = self._wid[slots] + 1
+        nb = self._n[slots][None, :] + np.arange(T)[:, None]  # (T, n) windows seen before each window
+        ns = nb + 1
+        wid_ = self._window_ids(slots, nb, wids)
+        enc = np.where(filled, -wid_[1], wid_[1]).astype(np.int16)  # (T, n) steps between windows; < 0: filled
+        W = wid_[0]  # (T, n) id of each window
+        M0, V0 = self._advance_stats(slots, xs, real, nb)
+        ext_v = torch.cat([self._vals[slots], torch.from_numpy(xs.astype(np.float32)).transpose(0, 1)], dim=1)
+        ext_s = torch.cat([self._step[slots], torch.from_numpy(np.ascontiguousarray(enc.T))], dim=1)  # (n, R+T)
+        SQ, CR = self._advance_errors(slots, ext_v, ext_s, real, ns)
+        w, unit = self._units_of(SQ.reshape(T * n, -1), CR.reshape(T * n, -1), M0.reshape(-1), V0.reshape(-1),
+                                 ns.reshape(-1))  # (T*n, H) each
+        # Each window's ring as a row (window-major): ring t is ext[:, t+1 : t+1+R].
+        if T == 1:
+            rings, rsteps = ext_v[:, 1:], ext_s[:, 1:]
         else:
-            gap = np.where(n > 0, np.clip(wid - self._wid[slots], 1, 32767), 1)
-            new_wid = np.full(len(slots), wid, np.int64)
-        enc = torch.from_numpy(np.where(filled, -gap, gap).astype(np.int16))
-        vals = torch.cat([self._vals[slots][:, 1:], torch.from_numpy(x.astype(np.float32))[:, None, :]], dim=1)  # (n, R, F)
-        steps = torch.cat([self._step[slots][:, 1:], enc[:, None]], dim=1)  # (n, R)
-        self._vals[slots] = vals
-        self._step[slots] = steps
-        self._wid[slots] = new_wid
-        nseen = n + 1
-        self._n[slots] = nseen
-        self._track_errors(slots, vals, steps, nseen, real)
-        w, unit = self._units(slots, nseen)
-        wids = self._ring_wids(steps, new_wid) if c.periods else None
-        p0, R = self._lag_pos, self._R
-        # Local level/unit of the positions a learning step and the newest window read, computed once.
-        level, lunit = self._local(vals, nseen, np.arange(p0, R))  # (n, k + H, F)
-        if c.learn:
-            # A key learns on real windows, every learn_every-th one; gap-filled windows bring no
-            # new truth. Keys that do not learn now still move h_lag along with the ring.
-            due = real & ((nseen % c.learn_every) == 0) & (nseen >= self.horizon + 1)
-            rest = ~due
-            if rest.any():
-                r = torch.from_numpy(rest)
-                self._advance_lag(slots[rest], vals[r], steps[r], nseen[rest], None if wids is None else wids[rest],
-                                  (level[r, :1], lunit[r, :1]))
-            if due.any():
-                idx = np.flatnonzero(due)
-                for a in range(0, len(idx), c.max_learn_keys):
-                    i = idx[a:a + c.max_learn_keys]
-                    ti = torch.from_numpy(i)
-                    self._learn(slots[i], vals[ti], steps[ti], nseen[i], w[i], unit[i], None if wids is None else wids[i],
-                                (level[ti], lunit[ti]))
-        xin = self._inputs(slots, vals, steps, nseen, np.array([R - 1]), wids, (level[:, -1:], lunit[:, -1:]))[:, 0]
-        self.net.eval()
-        with torch.no_grad():
-            self._h[slots] = _padded(self.net.step, xin, self._h[slots])
-        # Trust: remember this origin's step-1 baseline and correction, to score them on the next window.
-        self._track_trust(slots, x[:, 0], real, nseen)
-        base, corr = self._corrected(slots, w, unit, lunit[:, -1:, 0])
-        self._trust[slots, 0] = base[:, 0]
-        self._trust[slots, 1] = corr[:, 0]
+            rings = ext_v.unfold(1, R, 1)[:, 1:].permute(1, 0, 3, 2).reshape(T * n, R, -1)
+            rsteps = ext_s.unfold(1, R, 1)[:, 1:].transpose(0, 1).reshape(T * n, R)
+        nsf, Wf = ns.reshape(-1), W.reshape(-1)
+        learn = c.learn
+        positions = np.array([p0, R - 1]) if learn else np.array([R - 1])
+        level, lunit = self._local(rings, nsf, positions)  # (T*n, P, F)
+        xin = self._inputs(None, rings, rsteps, nsf, np.array([R - 1]), loc=(level[:, -1:], lunit[:, -1:]),
+                           pos_wids=Wf[:, None])[:, 0].reshape(T, n, -1)
+        base, s = self._step_features(M0.reshape(-1), rings, nsf, w, np.array([R - 1]),
+                                      Wf[:, None, None] + np.arange(1, H + 1)[None, None, :], lunit[:, -1:, 0])
+        base = base[:, 0].reshape(T, n, H)
+        s = s[:, 0].reshape(T, n, H, -1)
+        if learn:
+            # h_lag steps past the ring's first origin (the state a learning step starts from)
+            st = np.abs(ext_s.numpy().astype(np.int64))
+            ecs = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(st, axis=1)], axis=1)
+            t_ = np.arange(T)
+            lag_wid = W - (ecs[:, t_ + R + 1] - ecs[:, t_ + p0 + 2]).T  # (T, n) id of the window at p0
+            xlag = self._inputs(None, rings, rsteps, nsf, np.array([p0]), loc=(level[:, :1], lunit[:, :1]),
+                                pos_wids=lag_wid.reshape(-1)[:, None])[:, 0].reshape(T, n, -1)
+            due = real & (ns % c.learn_every == 0) & (ns >= H + 1)
+            have = ns >= R - p0
+            due_rows = np.flatnonzero(due.reshape(-1))
+            learning = (self._learning_inputs(due_rows, rings, rsteps, nsf, w, unit, Wf, M0.reshape(-1))
+                        if len(due_rows) else {})
+            cut = due.any(axis=1)
+            cut[1:] |= (have[1:] != have[:-1]).any(axis=1)
+        else:
+            cut = np.zeros(T, bool)
+        cut[0] = True
+        starts = np.flatnonzero(cut).tolist() + [T]
+        corr = np.empty((T, n, H))
+        h = self._h[slots]
+        for a, b in zip(starts[:-1], starts[1:]):
+            if learn:
+                lag_from = a
+                if due[a].any():
+                    self._lag_run(slots, ~due[a] & have[a], xlag[a:a + 1])
+                    idx = np.flatnonzero(due[a])
+                    at = np.searchsorted(due_rows, a * n + idx)  # where these rows are in ``learning``
+                    for i in range(0, len(idx), c.max_learn_keys):
+                        j = slice(i, i + c.max_learn_keys)
+                        pick = torch.from_numpy(at[j])
+                        self._learn(slots[idx[j]], {f: v[pick] for f, v in learning.items()},
+                                    xlag[a, torch.from_numpy(idx[j])], have[a, idx[j]])
+                    lag_from = a + 1
+                if lag_from < b:
+                    self._lag_run(slots, have[lag_from], xlag[lag_from:b])
+            self._mode(False)
+            hs, h = self.net.run(xin[a:b], h)
+            with torch.no_grad():
+                out = _padded(self.net.out, hs.reshape((b - a) * n, -1), s[a:b].reshape((b - a) * n, H, -1))
+            corr[a:b] = unit.reshape(T, n, H)[a:b] * out.double().numpy().reshape(b - a, n, H)
+        fc = self._advance_trust(slots, xs[:, :, 0], real, ns, base, corr)
+        self._h[slots] = h
+        self._vals[slots] = ext_v[:, T:]
+        self._step[slots] = ext_s[:, T:]
+        self._wid[slots] = W[-1]
+        self._n[slots] = ns[-1]
         # The pipeline asks for these keys' forecasts next: keep them (derived data, not state; any change
         # of state drops them). Rows are batch-independent (MIN_ROWS), so a subset gets the same bits.
         order = np.argsort(slots, kind="stable")
-        self._made = (slots[order], base[order], corr[order])
+        self._made = (slots[order], base[-1][order], corr[-1][order])
+        return fc
 
-    def _track_errors(self, slots, vals, steps, nseen, real) -> None:
-        """Running mean square of the change over 1..Lmax windows and of the naive × seasonal-naive errors."""
-        R, L = self._R, self._Lmax
+    def _window_ids(self, slots, nb, wids) -> tuple[np.ndarray, np.ndarray]:
+        """(T, n) id of each window and (T, n) windows since the key's previous one (1 for a first window)."""
+        T, n = nb.shape
+        if all(w is not None for w in wids):
+            W = np.broadcast_to(np.asarray(wids, np.int64)[:, None], (T, n))
+            prev = np.concatenate([self._wid[slots][None, :], W[:-1]])
+            return W, np.where(nb > 0, np.clip(W - prev, 1, 32767), 1)
+        W, gap = np.empty((T, n), np.int64), np.ones((T, n), np.int64)
+        prev = self._wid[slots]
+        for t, wid in enumerate(wids):  # no grid: windows are counted
+            if wid is None:
+                W[t] = prev + 1
+            else:
+                W[t] = wid
+                gap[t] = np.where(nb[t] > 0, np.clip(wid - prev, 1, 32767), 1)
+            prev = W[t]
+        return W, gap
+
+    def _advance_stats(self, slots, xs, real, nb) -> tuple[np.ndarray, np.ndarray]:
+        """Running statistics over T windows, as ``RunningStats.update`` window by window (the same float
+        operations in the same order); (T, n) the target's mean and variance after each window."""
+        stats, alpha = self._stats, self._stats.alpha
+        T, n = real.shape
+        mean, var, dvar = stats.mean[slots], stats.var[slots], stats.dvar[slots]
+        y = xs[:, :, 0]
+        prev = np.empty((T, n))  # the previous window's target as the ring holds it (float32)
+        prev[0] = self._vals[slots, -1, 0].double().numpy()
+        prev[1:] = y[:-1].astype(np.float32)
+        a = np.maximum(1.0 / (nb + 1), alpha)[:, :, None]  # normalise.update_running_stats
+        a1 = 1 - a
+        seen = nb > 0  # normalise.update_change_var
+        d = np.where(seen, y - prev, 0.0)
+        ad = np.where(seen, np.maximum(1.0 / np.maximum(nb, 1), alpha), 0.0)
+        add = ad * d * d
+        ad1 = 1 - ad
+        r3 = real[:, :, None]
+        M0, V0 = np.empty((T, n)), np.empty((T, n))
+        normalize = self.config.normalize
+        for t in range(T):
+            if normalize:
+                delta = xs[t] - mean
+                step = a[t] * delta
+                mean, var = (np.where(r3[t], mean + step, mean),
+                             np.where(r3[t], a1[t] * (var + step * delta), var))
+            dvar = np.where(real[t], ad1[t] * dvar + add[t], dvar)
+            M0[t], V0[t] = mean[:, 0], var[:, 0]
+        stats.mean[slots], stats.var[slots], stats.dvar[slots] = mean, var, dvar
+        return M0, V0
+
+    def _advance_errors(self, slots, ext_v, ext_s, real, ns) -> tuple[np.ndarray, np.ndarray]:
+        """Running mean square of the change over 1..Lmax windows and of the naive × seasonal-naive errors
+        (one float32 row: [sq | cross]), over T windows; (T, n, Lmax) and (T, n, H) after each."""
+        T, n = real.shape
+        R, L, H, Ls = self._R, self._Lmax, self.horizon, self._Ls
         lags = np.arange(1, L + 1)
-        y = vals[:, :, 0].double().numpy()
-        filled = steps.numpy() < 0
-        d = y[:, -1:] - y[:, R - 1 - lags]  # (n, L) y_t - y_{t-L}
-        ok = real[:, None] & (nseen[:, None] > lags[None, :]) & ~filled[:, R - 1 - lags]
-        a = np.maximum(1.0 / np.maximum(nseen[:, None] - lags[None, :], 1), self.config.norm_alpha)
-        sq = self._sq[slots].astype(np.float64)
-        self._sq[slots] = np.where(ok, sq + a * (d * d - sq), sq).astype(np.float32)
-        H, Ls = self.horizon, self._Ls
-        okc = ok[:, :H] & ok[:, Ls - 1]
-        prod = d[:, :H] * d[:, Ls - 1]
-        cross = self._cross[slots].astype(np.float64)
-        ac = a[:, Ls - 1]
-        self._cross[slots] = np.where(okc, cross + ac * (prod - cross), cross).astype(np.float32)
+        y = ext_v[:, :, 0].double().numpy()  # (n, R+T)
+        new = np.arange(T) + R  # where each window is in ext
+        back = new[:, None] - lags[None, :]  # (T, L)
+        d = (y[:, new][:, :, None] - y[:, back]).transpose(1, 0, 2)  # (T, n, L): y_t - y_{t-L}
+        filled_back = (ext_s.numpy() < 0)[:, back].transpose(1, 0, 2)
+        ok = real[:, :, None] & (ns[:, :, None] > lags) & ~filled_back
+        a = np.maximum(1.0 / np.maximum(ns[:, :, None] - lags, 1), self.config.norm_alpha)
+        ok = np.concatenate([ok, ok[:, :, :H] & ok[:, :, Ls - 1]], axis=2)
+        a = np.concatenate([a, a[:, :, Ls - 1]], axis=2)
+        target = np.concatenate([d * d, d[:, :, :H] * d[:, :, Ls - 1]], axis=2)
+        acc = np.concatenate([self._sq[slots], self._cross[slots]], axis=1)  # (n, L + H) float32
+        out = np.empty((T, n, L + H), np.float32)
+        for t in range(T):
+            s64 = acc.astype(np.float64)
+            out[t] = np.where(ok[t], s64 + a[t] * (target[t] - s64), s64)
+            acc = out[t]  # rounded to float32, as the state holds it
+        self._sq[slots], self._cross[slots] = acc[:, :L], acc[:, L:]
+        return out[:, :, :L], out[:, :, L:]
 
-    def _advance_lag(self, slots, vals, steps, nseen, wids, loc) -> None:
-        """h_lag is the state just before the first origin of the NEXT learning step: step it past
-        this ring's first origin (when the key has it). Keys that learn get this from _learn."""
-        p = self._lag_pos
-        have = nseen >= self._R - p
-        if not have.any():
+    def _advance_trust(self, slots, y, real, ns, base, corr) -> np.ndarray:
+        """Score each window's previous step-1 forecast with and without the correction, remember this
+        one's; (T, n, H) the forecasts, each with the trust known at its window."""
+        T, n = real.shape
+        tr = self._trust[slots]
+        prev = np.empty((T, n, 2))  # last step-1 baseline and correction, as the state holds them (float32)
+        prev[0] = tr[:, :2]
+        prev[1:, :, 0] = base[:-1, :, 0].astype(np.float32)
+        prev[1:, :, 1] = corr[:-1, :, 0].astype(np.float32)
+        ok = (real & (ns > 1))[:, :, None]
+        a = np.maximum(1.0 / np.maximum(ns - 1, 1), TRUST_ALPHA)[:, :, None]
+        err = np.empty((T, n, 2))
+        err[:, :, 0] = np.abs(y - prev[:, :, 0])
+        err[:, :, 1] = np.abs(y - prev[:, :, 0] - prev[:, :, 1])
+        E = np.empty((T, n, 2), np.float32)  # tracked |error| of the baseline and of the corrected forecast
+        e = tr[:, 2:]
+        for t in range(T):
+            e64 = e.astype(np.float64)
+            E[t] = np.where(ok[t], e64 + a[t] * (err[t] - e64), e64)
+            e = E[t]
+        tr[:, 0] = base[-1, :, 0]
+        tr[:, 1] = corr[-1, :, 0]
+        tr[:, 2:] = E[-1]
+        self._trust[slots] = tr
+        eb, en = E[:, :, 0].astype(np.float64), E[:, :, 1].astype(np.float64)
+        trust = np.where(eb > 0, np.clip((1 - en / np.where(eb > 0, eb, 1.0)) / TRUST_GAIN, 0, 1), 1.0)
+        return base + trust[:, :, None] * corr
+
+    def _lag_run(self, slots, keys: np.ndarray, xlag: torch.Tensor) -> None:
+        """h_lag of the ``keys`` (mask) stepped over these windows' inputs at the ring's first origin."""
+        sel = np.flatnonzero(keys)
+        if len(sel) == 0:
             return
-        sel = np.flatnonzero(have)
         s = slots[sel]
-        ts = torch.from_numpy(sel)
-        x0 = self._inputs(s, vals[ts], steps[ts], nseen[sel], np.array([p]),
-                          None if wids is None else wids[sel], (loc[0][ts], loc[1][ts]))[:, 0]
-        self.net.eval()
-        with torch.no_grad():
-            self._h_lag[s] = _padded(self.net.step, x0, self._h_lag[s])
+        self._mode(False)
+        self._h_lag[s] = self.net.run(xlag[:, torch.from_numpy(sel)], self._h_lag[s])[1]
 
-    def _learn(self, slots, vals, steps, nseen, w, unit, wids, loc) -> None:
-        """``loc``: ``_local`` of positions lag_pos .. R-1 (the k origins first)."""
+    def _learning_inputs(self, rows, rings, rsteps, ns, w, unit, W, mean0) -> dict:
+        """What the learning steps at these rows (window-major, of a run's stacked rings) read; it does
+        not depend on the weights, so all learning steps of a run get theirs in one vectorised pass."""
         c = self.config
         k, H, R, p0 = c.tbptt, c.horizon, self._R, self._lag_pos
+        tr = torch.from_numpy(rows)
+        vals, steps, nseen = rings[tr], rsteps[tr], ns[rows]
+        wids = self._ring_wids(steps, W[rows]) if c.periods else None
+        level, lunit = self._local(vals, nseen, np.arange(p0, R))  # (m, k + H, F): origins first
         O = p0 + np.arange(k)  # origin positions
         first = R - np.minimum(nseen, R)
-        valid = torch.from_numpy(np.arange(R)[None, :] >= first[:, None])  # (n, R)
-        if wids is None and c.periods:
-            wids = self._ring_wids(steps, self._wid[slots])
-        xin = self._inputs(slots, vals, steps, nseen, O, wids, (loc[0][:, :k], loc[1][:, :k]))  # (n, k, n_in)
+        valid = torch.from_numpy(np.arange(R)[None, :] >= first[:, None])  # (m, R)
+        xin = self._inputs(None, vals, steps, nseen, O, wids, (level[:, :k], lunit[:, :k]))  # (m, k, n_in)
         tpos = O[:, None] + np.arange(1, H + 1)[None, :]  # (k, H) target positions
-        twids = wids[:, tpos] if wids is not None else np.zeros((len(slots), k, H), np.int64)
-        base, s = self._step_features(slots, vals, nseen, w, O, twids, loc[1][:, :k, 0])
-        y = vals[:, :, 0].double().numpy()[:, tpos]  # (n, k, H)
-        tgt = torch.from_numpy(np.clip((y - base) / unit[:, None, :], -TARGET_CLIP, TARGET_CLIP)).float()
+        twids = wids[:, tpos] if wids is not None else np.zeros((len(rows), k, H), np.int64)
+        base, s = self._step_features(mean0[rows], vals, nseen, w[rows], O, twids, lunit[:, :k, 0])
+        y = vals[:, :, 0].double().numpy()[:, tpos]  # (m, k, H)
+        tgt = torch.from_numpy(np.clip((y - base) / unit[rows][:, None, :], -TARGET_CLIP, TARGET_CLIP)).float()
         fill = torch.from_numpy(steps.numpy()[:, tpos] < 0)
-        mask = valid[:, O][:, :, None] & valid[:, tpos] & ~fill  # (n, k, H)
+        mask = valid[:, O][:, :, None] & valid[:, tpos] & ~fill  # (m, k, H)
+        return {"xin": xin, "s": s, "tgt": tgt, "mask": mask, "valid": valid[:, O]}
+
+    def _learn(self, slots, inp: dict, xlag: torch.Tensor, have: np.ndarray) -> None:
+        """One TBPTT step over the k origins of these keys from h_lag (``inp``: ``_learning_inputs``;
+        ``xlag``, ``have``: the input at the ring's first origin and which keys have it, for keys that
+        have nothing to learn yet: their h_lag just moves on)."""
+        c = self.config
+        k, H = c.tbptt, c.horizon
+        mask = inp["mask"]
         if not mask.any():
-            self._advance_lag(slots, vals, steps, nseen, wids, (loc[0][:, :1], loc[1][:, :1]))
+            sel = np.flatnonzero(have)
+            if len(sel):
+                s = slots[sel]
+                self._mode(False)
+                with torch.no_grad():
+                    self._h_lag[s] = _padded(self.net.step, xlag[torch.from_numpy(sel)], self._h_lag[s])
             return
-        self.net.train()
+        self._mode(True)
+        xin, vO = inp["xin"], inp["valid"]
         state = self._h_lag[slots]
         states = []
         lag_next = state
-        vO = valid[:, O]
         all_valid = bool(vO.all())
+        step = self.net.cell_step
         for i in range(k):
-            stepped = self.net.step(xin[:, i], state)
+            stepped = step(xin[:, i], state)
             state = stepped if all_valid else torch.where(vO[:, i, None], stepped, state)
             if i == 0:
                 lag_next = state.detach()
             states.append(state)
         n = len(slots)
-        pred = self.net.out(torch.stack(states, dim=1).reshape(n * k, -1), s.reshape(n * k, H, -1)).view(n, k, H)
+        pred = self.net.out(torch.stack(states, dim=1).reshape(n * k, -1), inp["s"].reshape(n * k, H, -1)).view(n, k, H)
         wt = mask.float()
-        err = nn.functional.smooth_l1_loss(pred, tgt, reduction="none")
+        err = nn.functional.smooth_l1_loss(pred, inp["tgt"], reduction="none")
         loss = (err * wt).sum() / wt.sum()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(self.net.parameters(), c.clip, foreach=True)
+        clip_grad_norm(self._params, c.clip)
         self.opt.step()
         self._h_lag[slots] = lag_next
         self.last_loss = float(loss.detach())
@@ -488,10 +654,11 @@ class StatefulRNNForecaster(BatchForecaster):
             w, unit = self._units(slots, nseen)
         J = steps or self.horizon
         twids = self._wid[slots][:, None, None] + np.arange(1, J + 1)[None, None, :]  # (n, 1, J)
-        base, s = self._step_features(slots, self._vals[slots], nseen, w, np.array([self._R - 1]), twids, lunit, J)
+        base, s = self._step_features(self._stats.mean[slots][:, 0], self._vals[slots], nseen, w,
+                                      np.array([self._R - 1]), twids, lunit, J)
         if J < self.horizon:  # the head reads H steps; steps past J get zero features (their outputs are dropped)
             s = torch.cat([s, s.new_zeros(s.shape[0], 1, self.horizon - J, s.shape[3])], dim=2)
-        self.net.eval()
+        self._mode(False)
         with torch.no_grad():
             out = _padded(self.net.out, self._h[slots], s[:, 0]).double().numpy()[:, :J]  # (n, J)
         return base[:, 0], unit[:, :J] * out
@@ -514,16 +681,6 @@ class StatefulRNNForecaster(BatchForecaster):
         base, corr = self._corrected(slots)
         return base + self.trust(slots)[:, None] * corr
 
-    def _track_trust(self, slots, y, real, nseen) -> None:
-        """Score the last step-1 forecast with and without the correction; remember this one's."""
-        t = self._trust[slots].astype(np.float64)
-        ok = real & (nseen > 1)
-        a = np.maximum(1.0 / np.maximum(nseen - 1, 1), TRUST_ALPHA)
-        e_base, e_net = np.abs(y - t[:, 0]), np.abs(y - t[:, 0] - t[:, 1])
-        t[:, 2] = np.where(ok, t[:, 2] + a * (e_base - t[:, 2]), t[:, 2])
-        t[:, 3] = np.where(ok, t[:, 3] + a * (e_net - t[:, 3]), t[:, 3])
-        self._trust[slots] = t.astype(np.float32)
-
     def output_unit(self, slots) -> np.ndarray:
         """(n, H) the unit of the network's output for forecasts made now (errors in it are comparable
         across keys)."""
@@ -539,6 +696,7 @@ class StatefulRNNForecaster(BatchForecaster):
         so the state matches the new weights without replaying history.
         """
         self.net.load_state_dict(state_dict)
+        self._params = list(self.net.parameters())
         self._made = None
         self.opt = self._make_optimizer()
         self.version = version
@@ -554,7 +712,7 @@ class StatefulRNNForecaster(BatchForecaster):
         vals, steps = self._vals[slots], self._step[slots]
         valid = torch.from_numpy(np.arange(R)[None, :] >= (R - np.minimum(nseen, R))[:, None])
         xn = self._inputs(slots, vals, steps, nseen, np.arange(R))
-        self.net.eval()
+        self._mode(False)
         with torch.no_grad():
             state = torch.zeros(len(slots), self.net.state_size)
             lag = state
