@@ -25,12 +25,8 @@ import warnings
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as WireTopicPartition
 
-from streamseq.forecast_json import encode_forecasts
-from streamseq.ports import DeadLetterSink, ForecastSink
-from streamseq.records import DeadLetter, ForecastBatch
-
-from ..common.deadletter import bounded_key, dead_letter_json
 from ..common.errors import CommitError, DeliveryError, KafkaConnectorError, ProducerFencedError
+from ..common.sinks import TopicDeadLetterSink, TopicForecastSink
 from .errors import describe, fenced, kafka_error, retriable
 from .settings import ConfluentSettings
 
@@ -305,39 +301,9 @@ def wire_offsets(offsets: dict) -> list[WireTopicPartition]:
     return out
 
 
-class ConfluentForecastSink(ForecastSink):
-    """Forecasts as ``streamseq.forecast/v1`` JSON, message key = series key (one key, one partition)."""
-
-    def __init__(self, handle: ConfluentProducerHandle, topic: str):
-        self.handle = handle
-        self.topic = topic
-
-    def write(self, batch: ForecastBatch) -> None:
-        self.handle.send_keyed(self.topic, encode_forecasts(batch))
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-    def close(self) -> None:
-        self.flush()  # the handle is shared: the worker closes it
+class ConfluentForecastSink(TopicForecastSink):
+    """Forecasts on a topic through a ConfluentProducerHandle (connectors/common/sinks.py)."""
 
 
-class ConfluentDeadLetterSink(DeadLetterSink):
-    """Dead letters as JSON (reason + source position + original payload); message key = original key."""
-
-    def __init__(self, handle: ConfluentProducerHandle, topic: str, *, max_payload_bytes: int = 262_144):
-        self.handle = handle
-        self.topic = topic
-        self.max_payload_bytes = max_payload_bytes
-
-    def write(self, letters: list[DeadLetter]) -> None:
-        for letter in letters:
-            key = bounded_key(letter.key)
-            key = key.encode("utf-8", "surrogatepass") if key is not None else None
-            self.handle.send(self.topic, dead_letter_json(letter, self.max_payload_bytes), key=key)
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-    def close(self) -> None:
-        self.flush()
+class ConfluentDeadLetterSink(TopicDeadLetterSink):
+    """Dead letters on a topic through a ConfluentProducerHandle (connectors/common/sinks.py)."""

@@ -17,6 +17,7 @@ A stream worker wires them like this::
         ...                                         # window, forecast, write sinks and changelog
         handle.commit(part.position_offsets(), part)  # flush, then offsets (transactional if exactly_once)
 """
+from ..common.deadletter import dead_letter_json
 from .admin import TopicMismatchError, TopicSpec, changelog_spec, ensure_topics
 from .changelog import ChangelogStore, RestoreError
 from .feed import feed, observation_messages
@@ -30,7 +31,6 @@ from .sink import (
     KafkaForecastSink,
     KafkaProducerHandle,
     ProducerFencedError,
-    dead_letter_json,
 )
 from .source import JsonObservationDecoder, KafkaPartition, KafkaSource, parse_iso_times
 

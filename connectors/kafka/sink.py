@@ -26,12 +26,8 @@ from kafka import errors as kerr
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
-from streamseq.forecast_json import encode_forecasts
-from streamseq.ports import DeadLetterSink, ForecastSink
-from streamseq.records import DeadLetter, ForecastBatch
-
-from ..common.deadletter import bounded_key, dead_letter_json
 from ..common.errors import CommitError, DeliveryError, KafkaConnectorError, ProducerFencedError
+from ..common.sinks import TopicDeadLetterSink, TopicForecastSink
 from .settings import KafkaSettings, warn_if_pure_python_crc
 
 log = logging.getLogger(__name__)
@@ -303,39 +299,9 @@ def _retriable(e: BaseException) -> bool:
     return bool(getattr(e, "retriable", False)) or isinstance(e, _UNREACHABLE)
 
 
-class KafkaForecastSink(ForecastSink):
-    """Forecasts as ``streamseq.forecast/v1`` JSON, message key = series key (one key, one partition)."""
-
-    def __init__(self, handle: KafkaProducerHandle, topic: str):
-        self.handle = handle
-        self.topic = topic
-
-    def write(self, batch: ForecastBatch) -> None:
-        self.handle.send_keyed(self.topic, encode_forecasts(batch))
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-    def close(self) -> None:
-        self.flush()  # the handle is shared: the worker closes it
+class KafkaForecastSink(TopicForecastSink):
+    """Forecasts on a topic through a KafkaProducerHandle (connectors/common/sinks.py)."""
 
 
-class KafkaDeadLetterSink(DeadLetterSink):
-    """Dead letters as JSON (reason + source position + original payload); message key = original key."""
-
-    def __init__(self, handle: KafkaProducerHandle, topic: str, *, max_payload_bytes: int = 262_144):
-        self.handle = handle
-        self.topic = topic
-        self.max_payload_bytes = max_payload_bytes
-
-    def write(self, letters: list[DeadLetter]) -> None:
-        for letter in letters:
-            key = bounded_key(letter.key)
-            key = key.encode("utf-8", "surrogatepass") if key is not None else None
-            self.handle.send(self.topic, dead_letter_json(letter, self.max_payload_bytes), key=key)
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-    def close(self) -> None:
-        self.flush()
+class KafkaDeadLetterSink(TopicDeadLetterSink):
+    """Dead letters on a topic through a KafkaProducerHandle (connectors/common/sinks.py)."""
