@@ -1,5 +1,5 @@
-"""Forecast and dead-letter sinks on a topic, for either Kafka client: they only need a producer
-handle that sends (keyed by series key, or with an explicit key) and flushes."""
+"""Forecast, dead-letter and changelog writers on a topic, for either Kafka client: they only need a
+producer handle that sends (keyed by series key, or with an explicit key and partition) and flushes."""
 from __future__ import annotations
 
 from typing import Protocol
@@ -12,7 +12,7 @@ from .deadletter import bounded_key, dead_letter_json
 
 
 class TopicProducer(Protocol):
-    def send(self, topic: str, value: bytes, key: bytes | None = None) -> None: ...
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int | None = None): ...
     def send_keyed(self, topic: str, records) -> None: ...
     def flush(self) -> None: ...
 
@@ -53,3 +53,24 @@ class TopicDeadLetterSink(DeadLetterSink):
 
     def close(self) -> None:
         self.flush()
+
+
+class ChangelogWriter:
+    """The write side of a changelog topic (per-key state, keyed by series key, written to the changelog
+    partition co-partitioned with the key's source partition); each client adds its own ``restore``."""
+
+    def __init__(self, handle: TopicProducer, settings, topic: str, *, restore_timeout_s: float = 300.0,
+                 idle_s: float = 20.0, restore_fetch_bytes: int = 16 * 1024 * 1024):
+        self.handle = handle
+        self.settings = settings
+        self.topic = topic
+        self.restore_timeout_s = restore_timeout_s
+        self.idle_s = idle_s
+        self.restore_fetch_bytes = restore_fetch_bytes
+
+    def write(self, key: str, partition: int, value: bytes | None) -> None:
+        """Queue the state of ``key`` for changelog ``partition``; None is a tombstone (delete)."""
+        self.handle.send(self.topic, value, key=key.encode("utf-8"), partition=int(partition))
+
+    def flush(self) -> None:
+        self.handle.flush()

@@ -30,41 +30,18 @@ import time
 from kafka import KafkaConsumer, TopicPartition
 
 from ..common.errors import RestoreError
+from ..common.sinks import ChangelogWriter
 from ..common.topics import fold_changelog
-from .settings import KafkaSettings
-from .sink import KafkaProducerHandle
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ChangelogStore", "RestoreError"]
 
 
-class ChangelogStore:
-    """Write per-key state to, and restore it from, a compacted changelog topic."""
-
-    def __init__(
-        self,
-        handle: KafkaProducerHandle,
-        settings: KafkaSettings,
-        topic: str,
-        *,
-        restore_timeout_s: float = 300.0,
-        idle_s: float = 20.0,
-        restore_fetch_bytes: int = 16 * 1024 * 1024,
-    ):
-        self.handle = handle
-        self.settings = settings
-        self.topic = topic
-        self.restore_timeout_s = restore_timeout_s
-        self.idle_s = idle_s
-        self.restore_fetch_bytes = restore_fetch_bytes
-
-    def write(self, key: str, partition: int, value: bytes | None) -> None:
-        """Queue the state of ``key`` for changelog ``partition``; None is a tombstone (delete)."""
-        self.handle.send(self.topic, value, key=key.encode("utf-8"), partition=int(partition))
-
-    def flush(self) -> None:
-        self.handle.flush()
+class ChangelogStore(ChangelogWriter):
+    """Write per-key state to, and restore it from, a compacted changelog topic (kafka-python).
+    ``ChangelogStore(handle: KafkaProducerHandle, settings: KafkaSettings, topic, *, restore_timeout_s,
+    idle_s, restore_fetch_bytes)``."""
 
     def restore(self, partitions: list[int]) -> dict[str, bytes]:
         """Latest state per key of the given changelog partitions (tombstoned keys left out)."""
