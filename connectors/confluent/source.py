@@ -23,20 +23,17 @@ from typing import Any, NamedTuple
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as WireTopicPartition
 
-from streamseq.errors import ConfigError
-from streamseq.ports import GroupPartition, Source
+from streamseq.ports import GroupPartition
 from streamseq.records import DeadLetter, ObservationBatch
 
-from ..common.decode import TIME_UNITS, JsonObservationDecoder
 from ..common.errors import CommitError, DeliveryError, KafkaConnectorError
+from ..common.source import TopicSource
 from ..common.topics import kafka_partition, parse_position_key, partition_id, topic_index
 from .errors import describe, kafka_error, retriable
-from .settings import ConfluentSettings
 from .sink import wire_offsets
 
 log = logging.getLogger(__name__)
 
-PART_NAME = "consumer"
 
 
 class TopicPartition(NamedTuple):
@@ -65,7 +62,7 @@ def _commit_error(err, what: str) -> KafkaConnectorError:
     return CommitError(f"{what}: {describe(err)}", retriable=retriable(err))
 
 
-class ConfluentSource(Source):
+class ConfluentSource(TopicSource):
     """Keyed JSON observations from ``topics``, read by one consumer-group member (librdkafka).
 
     ``settings.group_id`` is required: committed group offsets are the resume position.
@@ -73,37 +70,9 @@ class ConfluentSource(Source):
     offsets override the committed ones for partitions this member is assigned.
     """
 
-    def __init__(self, settings: ConfluentSettings, topics: list[str], *, key_field: str | None, time_field: str,
-                 value_fields: list[str], time_unit: str = "ms", max_record_bytes: int = 1_000_000,
-                 poll_timeout_ms: int = 100):
-        if not settings.group_id:
-            raise ConfigError("kafka.group_id", "a consumer group id for the stream workers")
-        if not topics:
-            raise ConfigError("kafka.topics", "at least one topic")
-        if time_unit not in TIME_UNITS:
-            raise ConfigError("time_unit", f"one of {sorted(TIME_UNITS)}, got {time_unit!r}")
-        if not value_fields:
-            raise ConfigError("value_fields", "at least one numeric field")
-        self.settings = settings
-        self.topics = list(topics)
-        self.key_field = key_field
-        self.time_field = time_field
-        self.value_fields = list(value_fields)
-        self.time_unit = time_unit
-        self.max_record_bytes = max_record_bytes
-        self.poll_timeout_ms = poll_timeout_ms
-
-    def list_parts(self) -> list[str]:
-        return [PART_NAME]
-
     def build_part(self, name: str, resume_state: Any | None = None) -> ConfluentPartition:
-        if name != PART_NAME:
-            raise ValueError(f"ConfluentSource has one part, {PART_NAME!r}; got {name!r}")
+        self.check_part(name)
         return ConfluentPartition(self, resume_state)
-
-    def decoder(self) -> JsonObservationDecoder:
-        return JsonObservationDecoder(self.key_field, self.time_field, self.value_fields, self.time_unit,
-                                      self.max_record_bytes)
 
 
 class ConfluentPartition(GroupPartition):

@@ -31,8 +31,7 @@ except ImportError:  # kafka-python 2.x: they run inside poll() on the caller's 
 from kafka.errors import IllegalStateError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from streamseq.errors import ConfigError
-from streamseq.ports import GroupPartition, Source
+from streamseq.ports import GroupPartition
 from streamseq.records import DeadLetter, ObservationBatch
 
 from ..common.decode import (  # noqa: F401 - re-exported: kafka-python's names of old
@@ -42,17 +41,17 @@ from ..common.decode import (  # noqa: F401 - re-exported: kafka-python's names 
     JsonObservationDecoder,
     parse_iso_times,
 )
+from ..common.source import TopicSource
 from ..common.topics import kafka_partition, parse_position_key, partition_id, topic_index
-from .settings import KafkaSettings, warn_if_pure_python_crc
+from .settings import warn_if_pure_python_crc
 
 log = logging.getLogger(__name__)
 
-PART_NAME = "consumer"
 
 RebalanceCallback = Callable[[list[TopicPartition]], None]
 
 
-class KafkaSource(Source):
+class KafkaSource(TopicSource):
     """Keyed JSON observations from ``topics``, read by one consumer-group member.
 
     ``settings.group_id`` is required: committed group offsets are the resume
@@ -61,47 +60,9 @@ class KafkaSource(Source):
     committed ones for partitions this member is assigned.
     """
 
-    def __init__(
-        self,
-        settings: KafkaSettings,
-        topics: list[str],
-        *,
-        key_field: str | None,
-        time_field: str,
-        value_fields: list[str],
-        time_unit: str = "ms",
-        max_record_bytes: int = 1_000_000,
-        poll_timeout_ms: int = 100,
-    ):
-        if not settings.group_id:
-            raise ConfigError("kafka.group_id", "a consumer group id for the stream workers")
-        if not topics:
-            raise ConfigError("kafka.topics", "at least one topic")
-        if time_unit not in TIME_UNITS:
-            raise ConfigError("time_unit", f"one of {sorted(TIME_UNITS)}, got {time_unit!r}")
-        if not value_fields:
-            raise ConfigError("value_fields", "at least one numeric field")
-        self.settings = settings
-        self.topics = list(topics)
-        self.key_field = key_field
-        self.time_field = time_field
-        self.value_fields = list(value_fields)
-        self.time_unit = time_unit
-        self.max_record_bytes = max_record_bytes
-        self.poll_timeout_ms = poll_timeout_ms
-
-    def list_parts(self) -> list[str]:
-        return [PART_NAME]
-
     def build_part(self, name: str, resume_state: Any | None = None) -> KafkaPartition:
-        if name != PART_NAME:
-            raise ValueError(f"KafkaSource has one part, {PART_NAME!r}; got {name!r}")
+        self.check_part(name)
         return KafkaPartition(self, resume_state)
-
-    def decoder(self) -> JsonObservationDecoder:
-        return JsonObservationDecoder(
-            self.key_field, self.time_field, self.value_fields, self.time_unit, self.max_record_bytes
-        )
 
 
 class KafkaPartition(GroupPartition):
